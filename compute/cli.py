@@ -1,0 +1,94 @@
+"""Headless CLI: `python -m compute analyze ...` (and the subcommands other modules register).
+
+Every user error ends with one line on stderr and a non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EXIT_USER = 2
+EXIT_INTERNAL = 1
+
+
+def read_text_file(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"text file not found: {path}")
+    if not p.is_file():
+        raise UserError(f"not a file: {path}")
+    data = p.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise UserError(f"{path} looks like a binary file (it contains NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL, REGISTRY
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registry name ({', '.join(REGISTRY)}), a local Hugging Face model folder, "
+                        f"or a .gguf file (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text-file", help="UTF-8 text file to analyse")
+    src.add_argument("--text", help="the text itself (instead of --text-file)")
+
+
+def get_text(args) -> str:
+    return args.text if args.text is not None else read_text_file(args.text_file)
+
+
+def load_for_cli(args):
+    import torch
+    from .models import load_model
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    return load_model(args.model, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import cli_analyze
+    parser = argparse.ArgumentParser(prog="python -m compute",
+                                     description="Attention analysis of a text on a pretrained model, headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli_analyze.register(sub)
+    try:  # optional subcommands register themselves when their module exists
+        from . import cli_compare
+        cli_compare.register(sub)
+    except ImportError:
+        pass
+    models = sub.add_parser("models", help="list the embedded models")
+    models.set_defaults(func=_list_models)
+    return parser
+
+
+def _list_models(args) -> int:
+    from .models import list_models
+    for m in list_models():
+        print(f"{m['name']:14s} {m['kind']:8s} {'installed' if m['installed'] else 'MISSING':9s} {m['description']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try fewer tokens (--max-tokens) or a smaller --mem-budget-mb", file=sys.stderr)
+        return EXIT_USER
+    except Exception as exc:  # last resort: one line, no traceback
+        print(f"internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
