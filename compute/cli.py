@@ -29,7 +29,7 @@ def read_text_file(path: str) -> str:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, corpus: bool = False) -> None:
     from .models import DEFAULT_MODEL, REGISTRY
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"registry name ({', '.join(REGISTRY)}), a local Hugging Face model folder, "
@@ -38,6 +38,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-file", help="UTF-8 text file to analyse")
     src.add_argument("--text", help="the text itself (instead of --text-file)")
+    if corpus:
+        src.add_argument("--corpus", help="JSON-lines file, one {\"id\": ..., \"text\": ...} per line: analyse "
+                                          "every text and aggregate per-head statistics into DIR/corpus.json")
 
 
 def get_text(args) -> str:

@@ -11,7 +11,7 @@ def register(sub) -> None:
     p = sub.add_parser("analyze", help="exact attention statistics of a text (report.json + stats.npz)",
                        description="Run the model on the text with instrumented attention and write "
                                    "DIR/report.json (per-head records) and DIR/stats.npz (arrays).")
-    add_model_args(p)
+    add_model_args(p, corpus=True)
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--backend", default="auto", choices=list(BACKENDS),
                    help="statistics backend: triton (GPU, or CPU interpreter with TRITON_INTERPRET=1), "
@@ -28,6 +28,8 @@ def register(sub) -> None:
                    help="transient memory per query chunk in MiB (default 256)")
     p.add_argument("--no-loss", action="store_true", help="skip the next-token loss")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .corpus import add_args as add_corpus_args
+    add_corpus_args(p)
     p.set_defaults(func=run)
 
 
@@ -43,6 +45,9 @@ def run(args) -> int:
     from .engine import analyze_text, validate_text
     from .report import build_report
 
+    if getattr(args, "corpus", None):
+        from .corpus import run_cli
+        return run_cli(args)
     text = validate_text(get_text(args))
     opts = options_from_args(args)
     opts.validate()

@@ -80,14 +80,16 @@ def token_strings(lm: LoadedModel, ids: list[int]) -> list[str]:
 def capture(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
             config: StatsConfig = StatsConfig(), backend: str = "torch", keep_qkv=False, layers=None,
             output_hook=None, progress: Optional[Callable[[int], None]] = None,
-            return_hidden: bool = False):
-    """One no-grad forward of the base model under a CaptureSession. Returns (session, hidden)."""
+            return_hidden: bool = False, **model_kwargs):
+    """One no-grad forward of the base model under a CaptureSession. Returns (session, hidden).
+    model_kwargs go to the model (e.g. position_ids for left-padded batches)."""
     base = _base_model(lm.model)
     sess = CaptureSession(config=config, backend=backend, keep_qkv=keep_qkv, layers=layers,
                           output_hook=output_hook, progress=progress)
     with torch.no_grad(), sess:
         out = base(input_ids=input_ids.to(lm.device),
-                   attention_mask=None if attention_mask is None else attention_mask.to(lm.device))
+                   attention_mask=None if attention_mask is None else attention_mask.to(lm.device),
+                   **model_kwargs)
     hidden = out.last_hidden_state if return_hidden else None
     return sess, hidden
 
@@ -128,6 +130,8 @@ def analyze_text(lm: LoadedModel, text: str, opts: AnalysisOptions = AnalysisOpt
         raise UserError(str(exc)) from None
     ids = tokenize(lm, text, opts.max_tokens)
     n = len(ids)
+    from .limits import check_memory  # refuse, before computing, work that would not fit in memory
+    check_memory(lm, n, opts)
     cfg = opts.stats_config(n)
     L = lm.info.n_layers
     t0 = time.perf_counter()

@@ -202,12 +202,19 @@ def _load(res: Resolved, device: str, allow_pickle: bool) -> LoadedModel:
                         else "causal")
     cls = AutoModelForCausalLM if kind == "causal" else AutoModel
     try:
+        # device "auto": accelerate spreads a model larger than one GPU over the GPUs (and CPU)
+        placement = {"device_map": "auto"} if device == "auto" else {}
         model = cls.from_pretrained(path, attn_implementation=ATTN_IMPL, dtype=torch.float32,
-                                    trust_remote_code=False, use_safetensors=not allow_pickle or None)
+                                    trust_remote_code=False, use_safetensors=not allow_pickle or None,
+                                    **placement)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:
         raise ModelNotFound(f"{res.name}: cannot load ({exc.__class__.__name__}: {exc})") from None
-    model.eval().to(device)
+    if device == "auto":
+        model.eval()
+        device = str(model.device)          # where the embeddings sit: inputs go there
+    else:
+        model.eval().to(device)
     cfg = model.config
     n_heads = cfg.num_attention_heads
     info = ModelInfo(

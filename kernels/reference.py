@@ -45,9 +45,6 @@ def attention_stats_dense(q, k, v, *, scale: float, causal: bool, key_valid=None
     hkv, nk = k.shape[1], k.shape[2]
     g = h // hkv
     kvalid = key_validity(key_valid, b, nk, q.device)
-    qvalid = query_validity(kvalid, nq)
-    kpos = positions(kvalid)
-    qpos = query_positions(kpos, nq)
     kk = k.to(dtype).repeat_interleave(g, dim=1)
     vv = v.to(dtype).repeat_interleave(g, dim=1)
     s = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
@@ -57,9 +54,28 @@ def attention_stats_dense(q, k, v, *, scale: float, causal: bool, key_valid=None
     lse = torch.logsumexp(sm, -1)
     p = torch.exp(sm - torch.where(has, lse, torch.zeros_like(lse))[..., None])
     p = torch.where(vis, p, torch.zeros_like(p))
-    plogp = torch.where(vis & (p > 0), p * torch.log(p), torch.zeros_like(p))
+    st = stats_from_probs(p, vis, kvalid, config)
+    st.out = torch.matmul(p, vv).to(torch.float32)
+    st.lse = lse.to(torch.float32)
+    if variant is not None and variant.lse_full is not None:
+        st.retained = torch.where(has, torch.exp(lse - variant.lse_full.to(dtype)),
+                                  torch.zeros_like(lse)).to(torch.float32)
+    return st
+
+
+def stats_from_probs(p: torch.Tensor, vis: torch.Tensor, kvalid: torch.Tensor,
+                     config: StatsConfig = StatsConfig()) -> AttentionStats:
+    """Every statistic except out/lse/retained from a dense probability map p [B,H,Nq,Nk] and its
+    visibility mask (also used to check the engine against a model's own eager attention weights)."""
+    b, h, nq, nk = p.shape
+    dtype = p.dtype
+    qvalid = query_validity(kvalid, nq)
+    kpos = positions(kvalid)
+    qpos = query_positions(kpos, nq)
+    has = vis.any(-1)
+    plogp = torch.where(vis & (p > 0), p * torch.log(torch.where(p > 0, p, torch.ones_like(p))),
+                        torch.zeros_like(p))
     entropy = -plogp.sum(-1)
-    out = torch.matmul(p, vv)
 
     d = (qpos[:, :, None] - kpos[:, None, :]).to(dtype)[:, None]          # [B,1,Nq,Nk]
     absd = d.abs()
@@ -98,13 +114,10 @@ def attention_stats_dense(q, k, v, *, scale: float, causal: bool, key_valid=None
             pooled_max[:, :, a, c] = blk.amax((-1, -2))
 
     f = torch.float32
-    retained = None
-    if variant is not None and variant.lse_full is not None:
-        retained = torch.where(has, torch.exp(lse - variant.lse_full.to(dtype)), torch.zeros_like(lse)).to(f)
     return AttentionStats(
-        out=out.to(f), lse=lse.to(f), entropy=entropy.to(f), n_visible=vis.sum(-1).to(f),
+        out=None, lse=torch.zeros(b, h, nq), entropy=entropy.to(f), n_visible=vis.sum(-1).to(f),
         sink0=sink0.to(f), sink_s=sink_s.to(f), top1_idx=top1_idx, top1_prob=top1_prob.to(f),
         prev_mass=prev.to(f), local_mass=local.to(f), exp_dist=exp_dist.to(f),
         colsum=colsum.to(f), n_queries=n_queries.to(f), pooled_mean=pooled_mean.to(f),
         pooled_max=pooled_max.to(f), dist_hist=dist_hist.to(f), pool=P,
-        maps=p.to(f) if config.full_maps else None, retained=retained)
+        maps=p.to(f) if config.full_maps else None)

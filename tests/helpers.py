@@ -1,0 +1,30 @@
+"""Comparison helpers shared by the test files."""
+import torch
+
+from kernels.stats_types import ROW_FIELDS
+
+FLOAT_FIELDS = ("out", "lse", "entropy", "n_visible", "sink0", "sink_s", "top1_prob", "prev_mass",
+                "local_mass", "exp_dist", "colsum", "n_queries", "pooled_mean", "pooled_max", "dist_hist",
+                "maps", "retained")
+
+
+def assert_stats_close(got, ref, tol=1e-5, fields=FLOAT_FIELDS, row_mask=None, where=""):
+    """Every float field within tol, relative to the field's scale for large-valued ones (exp_dist,
+    colsum, n_visible). row_mask [B,Nq] limits row statistics to those rows."""
+    for name in fields:
+        a, b = getattr(got, name), getattr(ref, name)
+        if b is None:
+            continue
+        assert a is not None, f"{where}: {name} missing"
+        a, b = a.double(), b.double()
+        assert a.shape == b.shape, f"{where}: {name} shape {tuple(a.shape)} != {tuple(b.shape)}"
+        if row_mask is not None and name in ROW_FIELDS:
+            m = row_mask[:, None, :].expand_as(b)
+            a, b = a[m], b[m]
+        fin = torch.isfinite(b)
+        assert torch.equal(fin, torch.isfinite(a)), f"{where}: {name} finiteness differs"
+        if not fin.any():
+            continue
+        err = (a[fin] - b[fin]).abs().max().item()
+        scale = max(1.0, b[fin].abs().max().item())
+        assert err <= tol * scale, f"{where}: {name} max err {err:.3g} > {tol * scale:.3g}"

@@ -1,0 +1,141 @@
+"""The chunked torch backend against the dense fp64 oracle, plus closed-form invariants."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from kernels import StatsConfig, VariantMask, attention_stats
+from kernels.reference import attention_stats_dense
+from kernels.torch_stats import attention_stats_torch
+from tests.helpers import assert_stats_close
+
+SHAPES = list(itertools.product([1, 63, 100, 130], [16, 80], [1, 3], [True, False], [0, 5]))
+
+
+def _inputs(n, d, g, pad, b=2, hkv=2, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hkv * g, n, d, generator=gen) * scale
+    k = torch.randn(b, hkv, n, d, generator=gen) * scale
+    v = torch.randn(b, hkv, n, d, generator=gen)
+    kv = torch.ones(b, n, dtype=torch.bool)
+    kv[-1, :pad] = False
+    return q, k, v, kv
+
+
+@pytest.mark.parametrize("n,d,g,causal,pad", [s for s in SHAPES if s[4] < s[0]])
+def test_matches_fp64_oracle(n, d, g, causal, pad):
+    q, k, v, kv = _inputs(n, d, g, pad)
+    # mem_budget 0 forces the smallest chunks, so chunk boundaries and ragged tails are exercised
+    cfg = StatsConfig(pool_size=16, full_maps=True, mem_budget_mb=0)
+    got = attention_stats_torch(q, k, v, scale=d ** -0.5, causal=causal, key_valid=kv, config=cfg)
+    ref = attention_stats_dense(q, k, v, scale=d ** -0.5, causal=causal, key_valid=kv, config=cfg)
+    assert_stats_close(got, ref, where=f"n={n} d={d} g={g} causal={causal} pad={pad}")
+    assert torch.equal(got.top1_idx, ref.top1_idx)
+
+
+def test_noncontiguous_hf_layout_and_large_chunks():
+    # q/k/v as they arrive from HF: [B, N, H, D] transposed views
+    b, n, h, d = 1, 77, 4, 24
+    q = torch.randn(b, n, h, d).transpose(1, 2)
+    k = torch.randn(b, n, 2, d).transpose(1, 2)
+    v = torch.randn(b, n, 2, d).transpose(1, 2)
+    assert not q.is_contiguous()
+    cfg = StatsConfig(full_maps=True)
+    got = attention_stats_torch(q, k, v, scale=0.3, causal=True, config=cfg)
+    ref = attention_stats_dense(q.contiguous(), k.contiguous(), v.contiguous(), scale=0.3, causal=True, config=cfg)
+    assert_stats_close(got, ref)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_variant_masks_match_oracle(causal):
+    n, d, g = 100, 32, 2
+    q, k, v, kv = _inputs(n, d, g, pad=7)
+    cfg = StatsConfig(pool_size=8, full_maps=True, mem_budget_mb=0)
+    full = attention_stats_dense(q, k, v, scale=d ** -0.5, causal=causal, key_valid=kv, config=cfg)
+    scores = torch.matmul(q, k.repeat_interleave(g, 1).transpose(-1, -2)) * d ** -0.5
+    srt = scores.sort(-1).values                      # threshold midway between the 10th and 11th
+    thr = (srt[..., n - 10] + srt[..., n - 11]) / 2   # largest logits: no ties at the cut
+    bm = torch.rand(2, 4, -(-n // 16), -(-n // 32), generator=torch.Generator().manual_seed(1)) > 0.4
+    for var in (VariantMask(window=9, sink_keep=3, lse_full=full.lse),
+                VariantMask(row_threshold=thr, lse_full=full.lse),
+                VariantMask(block_mask=bm, block_q=16, block_k=32, lse_full=full.lse)):
+        got = attention_stats_torch(q, k, v, scale=d ** -0.5, causal=causal, key_valid=kv, config=cfg, variant=var)
+        ref = attention_stats_dense(q, k, v, scale=d ** -0.5, causal=causal, key_valid=kv, config=cfg, variant=var)
+        assert_stats_close(got, ref, where=str(var)[:40])
+        # retained mass: KL(variant || full) = -log R
+        assert (got.retained <= 1 + 1e-6).all()
+
+
+def test_window_covering_everything_equals_full():
+    q, k, v, kv = _inputs(64, 16, 2, 0)
+    cfg = StatsConfig(full_maps=True)
+    a = attention_stats(q, k, v, scale=0.25, causal=True, key_valid=kv, config=cfg)
+    b = attention_stats(q, k, v, scale=0.25, causal=True, key_valid=kv, config=cfg,
+                        variant=VariantMask(window=64, lse_full=a.lse))
+    assert_stats_close(b, a, fields=("out", "lse", "entropy", "colsum", "maps"))
+    assert torch.allclose(b.retained, torch.ones_like(b.retained), atol=1e-6)
+
+
+def _harmonic(n):
+    return sum(1.0 / i for i in range(1, n + 1))
+
+
+def test_uniform_attention_closed_forms():
+    # q = 0 -> every visible key gets 1/(i+1): entropy ln(i+1), sink mass S/(i+1) (i >= S),
+    # column sums H_N - H_j (harmonic numbers), column sums add up to the number of queries.
+    n, d, S = 50, 8, 4
+    q = torch.zeros(1, 2, n, d)
+    k = torch.randn(1, 1, n, d)
+    v = torch.randn(1, 1, n, d)
+    st = attention_stats_torch(q, k, v, scale=1.0, causal=True, config=StatsConfig(sink_tokens=S, mem_budget_mb=0))
+    i = torch.arange(n, dtype=torch.float64)
+    assert torch.allclose(st.entropy[0, 0].double(), torch.log(i + 1), atol=1e-5)
+    assert torch.allclose(st.sink0[0, 1].double(), 1 / (i + 1), atol=1e-6)
+    assert torch.allclose(st.sink_s[0, 0, S:].double(), S / (i[S:] + 1), atol=1e-6)
+    cols = torch.tensor([_harmonic(n) - _harmonic(j) for j in range(n)], dtype=torch.float64)
+    assert torch.allclose(st.colsum[0, 0].double(), cols, atol=1e-5)
+    assert math.isclose(st.colsum[0, 0].sum().item(), n, rel_tol=1e-6)
+    assert torch.equal(st.n_queries[0, 0], torch.arange(n, 0, -1, dtype=torch.float32))
+    # exp_dist: mean of 0..i = i/2; previous-token mass 1/(i+1) for i >= 1
+    assert torch.allclose(st.exp_dist[0, 0].double(), i / 2, atol=1e-4)
+    assert torch.allclose(st.prev_mass[0, 0, 1:].double(), 1 / (i[1:] + 1), atol=1e-6)
+    assert st.entropy[0, 0, 0] == 0 and st.sink0[0, 0, 0] == 1
+
+
+def test_extreme_logits_and_fully_padded_rows_are_nan_free():
+    q, k, v, kv = _inputs(40, 16, 2, pad=40 - 1, scale=30.0)     # logits ~ x100
+    kv[0, :] = False                                               # batch 0 has no valid key at all
+    st = attention_stats_torch(q, k, v, scale=1.0, causal=True, key_valid=kv, config=StatsConfig(full_maps=True))
+    for name in ("out", "entropy", "sink0", "colsum", "pooled_mean", "maps", "exp_dist", "dist_hist"):
+        assert torch.isfinite(getattr(st, name)).all(), name
+    assert (st.top1_idx[0] == -1).all() and (st.out[0] == 0).all() and torch.isinf(st.lse[0]).all()
+    ref = attention_stats_dense(q, k, v, scale=1.0, causal=True, key_valid=kv, config=StatsConfig(full_maps=True))
+    assert_stats_close(st, ref, tol=1e-4)
+
+
+def test_gqa_equals_repeated_kv():
+    q, k, v, kv = _inputs(70, 16, 3, pad=4)
+    cfg = StatsConfig(full_maps=True)
+    a = attention_stats_torch(q, k, v, scale=0.2, causal=True, key_valid=kv, config=cfg)
+    b = attention_stats_torch(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), scale=0.2, causal=True,
+                              key_valid=kv, config=cfg)
+    assert_stats_close(a, b, tol=1e-6)
+
+
+def test_decode_offset_queries_see_the_cache():
+    # Nq < Nk (queries are the last Nq keys, as with a KV cache)
+    q = torch.randn(1, 2, 5, 16)
+    k = torch.randn(1, 2, 30, 16)
+    v = torch.randn(1, 2, 30, 16)
+    cfg = StatsConfig(full_maps=True, pool_size=4)
+    got = attention_stats_torch(q, k, v, scale=0.25, causal=True, config=cfg)
+    ref = attention_stats_dense(q, k, v, scale=0.25, causal=True, config=cfg)
+    assert_stats_close(got, ref)
+    assert torch.equal(got.n_visible[0, 0], torch.arange(26, 31, dtype=torch.float32))
+
+
+def test_mismatched_heads_rejected():
+    with pytest.raises(ValueError, match="multiple"):
+        attention_stats_torch(torch.randn(1, 5, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8),
+                              scale=1.0, causal=True)
