@@ -112,6 +112,17 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         nvis[:] = nvis_all[:, None]
         nqry[:] = (nq_all * kvalid).to(f32)[:, None]
 
+    # Key-index thresholds of every position-based mass, for all rows at once: the mass of keys at
+    # positions in [x, y) is C[below(y) - 1] - C[below(x) - 1] on the row cumsum C.
+    qp3 = qpos[:, :, None]                                                     # [B, Nq, 1]
+    lo_hi = torch.tensor(bins, device=dev).clamp(max=1 << 40)                 # [n_bins, 2]
+    t_all = below(torch.cat([
+        torch.full_like(qp3, 1), torch.full_like(qp3, S),                      # sink0, sinkS
+        qp3 - 1, qp3,                                                          # prev
+        qp3 - W + 1, qp3 + W,                                                  # local
+        qp3 - lo_hi[None, None, :, 1] + 1, qp3 - lo_hi[None, None, :, 0] + 1,  # left bins
+        qp3 + lo_hi[None, None, :, 0], qp3 + lo_hi[None, None, :, 1],          # right bins
+    ], -1))
     rows = min(rows_per_chunk(b, h, nk, pool, config.mem_budget_mb), -(-nq // pool) * pool)
     tri = None
     for a in range(0, nq, rows):
@@ -209,16 +220,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
 
         # Position-based masses from the row cumsum (in place: p is not needed any more).
         c = p.cumsum_(-1)
-        qp3 = qp[:, :, None]                                                   # [B, rr, 1]
-        lo_hi = torch.tensor(bins, device=dev).clamp(max=1 << 40)              # [n_bins, 2]
-        thr_pos = torch.cat([
-            torch.full_like(qp3, 1), torch.full_like(qp3, S),                  # sink0, sinkS
-            qp3 - 1, qp3,                                                      # prev
-            qp3 - W + 1, qp3 + W,                                              # local
-            qp3 - lo_hi[None, None, :, 1] + 1, qp3 - lo_hi[None, None, :, 0] + 1,  # left bins
-            qp3 + lo_hi[None, None, :, 0], qp3 + lo_hi[None, None, :, 1],      # right bins
-        ], -1)
-        t = below(thr_pos)[:, None, None]                                      # [B,1,1,rr,n]
+        t = t_all[:, a:e][:, None, None]                                       # [B,1,1,rr,n]
         mb = _mass_below(c, t)
         nb = len(bins)
         sink0[:, :, a:e] = mb[..., 0].reshape(b, h, rr)
