@@ -90,3 +90,19 @@ def test_triton_backend_without_gpu_or_interpreter_is_refused(tmp_path):
                            "--out", str(tmp_path / "o")], cwd=ROOT, env={**env_free, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "backend 'triton'")
+
+
+def test_triton_backend_report_equals_torch(tmp_path):
+    """The Triton kernels (CPU interpreter here) and the torch path give the same report numbers."""
+    reports = {}
+    for backend in ("torch", "triton"):
+        proc = run_cli("analyze", "--text", "Sinks form on the first token of short texts.", "--backend", backend,
+                       "--out", str(tmp_path / backend), "--quiet")        # TRITON_INTERPRET=1 via conftest
+        assert proc.returncode == 0, proc.stderr
+        reports[backend] = json.loads((tmp_path / backend / "report.json").read_text())
+    a, b = reports["torch"], reports["triton"]
+    assert b["backend"] == "triton" and a["tokens"] == b["tokens"]
+    for ra, rb in zip(a["heads"], b["heads"]):
+        for key, va in ra.items():
+            if isinstance(va, float):
+                assert abs(va - rb[key]) <= 1e-4, (ra["layer"], ra["head"], key)
