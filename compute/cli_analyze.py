@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from .corpus import add_args as add_corpus_args
     add_corpus_args(p)
+    from .analysis.cli_args import add_analysis_args
+    add_analysis_args(p)
     p.set_defaults(func=run)
 
 
@@ -48,9 +50,12 @@ def run(args) -> int:
     if getattr(args, "corpus", None):
         from .corpus import run_cli
         return run_cli(args)
+    from .analysis.cli_args import settings_from_args
+
     text = validate_text(get_text(args))
     opts = options_from_args(args)
     opts.validate()
+    settings = settings_from_args(args, text) if args.analysis else None
     lm = load_for_cli(args)
     bar = None
     if not args.quiet:
@@ -64,7 +69,10 @@ def run(args) -> int:
             bar.refresh()
 
     try:
-        res = analyze_text(lm, text, opts, progress=progress)
+        res = analyze_text(lm, text, opts, progress=lambda f, m: progress(0.5 * f if settings else f, m))
+        if settings is not None:
+            from .analysis import attach, run_analysis
+            attach(res, run_analysis(lm, res, settings, progress=lambda f, m: progress(0.5 + 0.5 * f, m)))
     finally:
         if bar is not None:
             bar.close()

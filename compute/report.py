@@ -40,5 +40,5 @@ def build_report(res: AttentionResult) -> dict:
     for rec in rep["heads"]:
         rec.update(head_fields.get(f"{rec['layer']}.{rec['head']}", {}))
     rep.update(extra)
-    rep["extras"] = res.extras
+    rep["sections"] = sorted(extra)          # lets AttentionResult.load rebuild res.extras
     return rep

@@ -85,7 +85,8 @@ class AttentionResult:
         arrays = dict(np.load(out / "stats.npz"))
         meta = {f.name: report["meta"][f.name] for f in fields(cls)
                 if f.name in report["meta"]}
-        return cls(**meta, **{k: arrays.get(k) for k in ARRAY_FIELDS}, extras=report.get("extras", {}))
+        extras = {k: report[k] for k in report.get("sections", []) if k in report}
+        return cls(**meta, **{k: arrays.get(k) for k in ARRAY_FIELDS}, extras=extras)
 
 
 def _json_default(o: Any):
