@@ -49,10 +49,10 @@ def get_text(args) -> str:
 
 def load_for_cli(args):
     import torch
-    from .models import load_model
+    from .limits import load_model_limited   # settings' rules (server mode, pickle), odd paths -> clear errors
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return load_model(args.model, device=args.device)
+    return load_model_limited(args.model, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:

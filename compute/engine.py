@@ -53,6 +53,10 @@ def validate_text(text) -> str:
         raise InputError("the text is empty")
     if "\x00" in text:
         raise InputError("the text contains NUL bytes (binary data?)")
+    try:                    # lone surrogates (undecodable argv bytes, bad JSON escapes) break tokenizers
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the text is not valid Unicode (a lone surrogate at character {exc.start})") from None
     return text
 
 

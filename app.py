@@ -1,0 +1,33 @@
+"""attnvis web app: `python app.py` (127.0.0.1:8050; HOST/PORT from the environment) or
+`gunicorn app:server`. Importing this module loads no model: models load lazily, once per process."""
+from __future__ import annotations
+
+import os
+
+import dash
+
+from visapp import templates  # noqa: F401  (registers the plotly templates)
+from visapp.hardening import on_callback_error, secret_key  # callback failures -> one line in the page
+from visapp.layout import serve_layout
+
+app = dash.Dash(__name__, title="attnvis", update_title=None, suppress_callback_exceptions=True,
+                assets_folder=os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets"),
+                health_endpoint="/healthz", on_error=on_callback_error)
+app.layout = serve_layout
+server = app.server
+server.secret_key = secret_key()  # one signing secret for every web process (visapp.hardening)
+
+from visapp import callbacks  # noqa: E402,F401  (registers the callbacks on import)
+# The Procfile's worker runs `celery -A app:celery_app`: importing this module registers the background
+# callbacks as Celery tasks (with REDIS_URL) next to compute.tasks' corpus task.
+from compute.tasks import celery_app  # noqa: E402,F401
+
+
+def main() -> None:
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8050"))
+    app.run(host=host, port=port, debug=os.environ.get("ATTNVIS_DEBUG") == "1")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The app in headless chromium: load, analyse, click a head, every view, long-text zoom, errors,
+generation and variants. Screenshots in artifacts/e2e/."""
+import os
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import shot
+
+pytestmark = pytest.mark.e2e
+
+VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate")
+FIRST_ANALYSIS_S = int(os.environ.get("ATTNVIS_E2E_FIRST_S", "400"))   # loads the model, analyses the example
+ANALYSIS_S = 240
+
+
+def wait_overview(page, timeout_s=ANALYSIS_S):
+    page.wait_for_selector("#ov-graph .scatterlayer .point", timeout=timeout_s * 1000)
+
+
+def drawn(page, graph_id, what=".main-svg"):
+    page.wait_for_selector(f"#{graph_id} {what}", state="attached")
+
+
+def open_view(page, view):
+    page.click(f"#nav-{view}")
+    expect(page.locator(f"#view-{view}")).to_be_visible()
+    expect(page.locator(f"#nav-{view}")).to_have_class(re.compile("tab-active"))
+
+
+def run_info(page):
+    return page.locator(".run-info").inner_text()
+
+
+def test_landing_click_head_and_every_view(app_url, app_page):
+    page = app_page
+    page.goto(app_url)
+    wait_overview(page, FIRST_ANALYSIS_S)
+    assert re.search(r"smollm2-135m · \d+ tokens · 30×9 heads", run_info(page))
+    shot(page, "overview")
+    # click a glyph: the URL and every view follow the selected head
+    page.locator("#ov-graph .scatterlayer .point").nth(100).click(force=True)
+    page.wait_for_url(re.compile(r"head=\d+\.\d+"))
+    head = re.search(r"head=(\d+\.\d+)", page.url).group(1)
+    open_view(page, "head")
+    expect(page.locator("#hd-summary")).to_contain_text(f"head {head}")
+    drawn(page, "hd-map", ".hm image")                  # the full map (a short text)
+    drawn(page, "hd-received", ".barlayer .point")
+    drawn(page, "hd-token-graph", ".scatterlayer .js-line")
+    shot(page, "head")
+    page.click("#hd-scale input[value=split]")
+    page.wait_for_url(re.compile(r"scale=split"))
+    page.wait_for_function("document.querySelectorAll('#hd-map .hm image').length == 2")
+    shot(page, "head-split-scale")
+    open_view(page, "sinks")
+    drawn(page, "sk-map", ".hm image")
+    expect(page.locator("#sk-table")).to_contain_text("tau")
+    shot(page, "sinks")
+    open_view(page, "basin")
+    expect(page.locator("#view-basin")).to_contain_text("basin: not available")
+    open_view(page, "entropy")
+    drawn(page, "en-map", ".hm image")
+    expect(page.locator("#en-profile")).to_contain_text(f"head {head}")
+    shot(page, "entropy")
+    open_view(page, "graphs")
+    drawn(page, "gr-heads", ".scatterlayer .point")
+    expect(page.locator("#gr-info")).to_contain_text("communities")
+    shot(page, "graphs")
+    open_view(page, "generate")
+    expect(page.locator("#gn-text")).to_contain_text("no generated continuation")
+    open_view(page, "variants")
+    shot(page, "variants-empty")
+
+
+def test_url_reproduces_the_view(app_url, app_page):
+    page = app_page
+    page.goto(app_url)
+    wait_overview(page)
+    url = page.url.split("?")[1] if "?" in page.url else ""
+    a = re.search(r"a=([0-9a-f]+)", url).group(1)
+    page.goto(f"{app_url}/entropy?a={a}&head=7.2&metric=entropy_norm_mean")
+    expect(page.locator("#view-entropy")).to_be_visible()
+    expect(page.locator("#en-profile")).to_contain_text("head 7.2")
+    page.click("#nav-overview")
+    expect(page.locator("#ov-side")).to_contain_text("Head 7.2")
+    expect(page.locator("#ov-graph")).to_contain_text("normalised entropy")
+
+
+def test_preset_analysis_basin_and_long_text_zoom(app_url, app_page):
+    """The documents preset is longer than the server's full-map limit (160 tokens here): the head
+    view shows a pooled map and a click loads a full-resolution block."""
+    page = app_page
+    page.goto(app_url)
+    wait_overview(page)
+    before = run_info(page)
+    page.click("#preset-basin")
+    expect(page.locator("#text-input")).to_have_value(re.compile("Document \\[1\\]"))
+    page.click("#analyze-btn")
+    expect(page.locator("#progress-wrap")).to_be_visible(timeout=15_000)
+    expect(page.locator(".run-info")).not_to_have_text(before, timeout=ANALYSIS_S * 1000)
+    n = int(re.search(r"(\d+) tokens", run_info(page)).group(1))
+    assert n > 160
+    open_view(page, "basin")
+    expect(page.locator("#bs-text .item")).to_have_count(5)
+    drawn(page, "bs-curves", ".scatterlayer .js-line")
+    page.locator("#bs-important input").nth(3).check()
+    expect(page.locator("#bs-order")).to_contain_text("suggested order")
+    shot(page, "basin")
+    open_view(page, "head")
+    expect(page.locator("#hd-note")).to_contain_text("pooled")
+    box = page.locator("#hd-map .nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7)
+    expect(page.locator("#hd-zoom")).to_be_visible(timeout=ANALYSIS_S * 1000)
+    drawn(page, "hd-zoom", ".hm image")
+    expect(page.locator("#hd-zoom")).to_contain_text("full resolution")
+    shot(page, "head-long-zoom")
+
+
+def test_errors_show_in_the_page_and_results_stay(app_url, app_page):
+    page = app_page
+    page.goto(app_url)
+    wait_overview(page)
+    info = run_info(page)
+    page.fill("#text-input", "   ")
+    page.click("#analyze-btn")
+    expect(page.locator("#error-box")).to_contain_text("the text is empty", timeout=ANALYSIS_S * 1000)
+    assert run_info(page) == info
+    assert page.locator("#ov-graph .scatterlayer .point").count() > 200
+    page.fill("#model-path", "/nonexistent/model-folder")
+    page.fill("#text-input", "Hello there.")
+    page.click("#analyze-btn")
+    expect(page.locator("#error-box")).to_contain_text("/nonexistent/model-folder", timeout=ANALYSIS_S * 1000)
+    shot(page, "error")
+
+
+def test_generate_continuation(app_url, app_page):
+    page = app_page
+    page.goto(app_url)
+    wait_overview(page)
+    page.fill("#text-input", "The three primary colours are")
+    open_view(page, "generate")
+    page.fill("#gn-tokens", "8")
+    page.click("#gn-run")
+    expect(page.locator("#gn-text .generated")).to_be_visible(timeout=ANALYSIS_S * 1000)
+    drawn(page, "gn-map", ".hm image")
+    expect(page.locator("#gn-table")).to_contain_text("generated token")
+    assert "+8 generated" in run_info(page) or "generated" in run_info(page)
+    shot(page, "generate")
+
+
+def test_variant_comparison(app_url, app_page):
+    from visapp import service
+    reason = service.variants_available()
+    if reason:
+        pytest.skip(reason)
+    page = app_page
+    page.goto(app_url)
+    wait_overview(page)
+    open_view(page, "variants")
+    page.click("#vr-run")
+    expect(page.locator("#vr-table table")).to_be_visible(timeout=ANALYSIS_S * 1000)
+    drawn(page, "vr-maps", ".hm image")
+    drawn(page, "vr-diff", ".hm image")
+    drawn(page, "vr-bars", ".barlayer .point")
+    shot(page, "variants")

@@ -1,0 +1,144 @@
+"""The app's export control: one per view (appended to the view by `with_export`), rendering
+server-side with kaleido (visapp.export) and delivering through dcc.Download.
+
+Figure: SVG, PDF or PNG (chosen DPI), single or double column, serif or sans, 7-10 pt. Data: the
+figure's numbers as CSV (a zip of CSVs when it has several tables) or JSON with provenance.
+The export renders the figure the view shows: same analysis, same selected head and controls, same
+view function (visapp.figure_registry), only with the paper template.
+
+Component ids are pattern-matching dicts {"type": "export-<kind>", "view": <view>}; one MATCH callback
+serves every view. `export_download` is the plain function behind it (tests call it directly).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from dash import MATCH, Input, Output, State, callback, ctx, dcc, html, no_update
+
+from compute.errors import UserError
+
+from . import export as ex
+from . import figure_registry as reg
+from . import ids, service, urlstate
+from .views.common import controls, labelled
+
+log = logging.getLogger(__name__)
+
+KINDS = ("part", "fmt", "width", "font", "size", "dpi", "fig", "csv", "json", "download", "msg")
+
+
+def eid(kind: str, view) -> dict:
+    return {"type": f"export-{kind}", "view": view}
+
+
+def control(view: str) -> html.Details:
+    """The export block of one view."""
+    parts = reg.specs(view)
+    return html.Details([
+        html.Summary("Export for a paper (figure SVG/PDF/PNG, data CSV/JSON)"),
+        controls(
+            labelled("Figure", dcc.Dropdown(id=eid("part", view), clearable=False, value=parts[0].part,
+                                            options=[{"label": s.label, "value": s.part} for s in parts],
+                                            style={"width": "250px"})),
+            labelled("Format", dcc.RadioItems(id=eid("fmt", view), value="pdf", inline=True,
+                                              options=[{"label": f.upper(), "value": f} for f in ex.FORMATS])),
+            labelled("Width", dcc.RadioItems(id=eid("width", view), value="single", inline=True, options=[
+                {"label": f"{w} column ({ex.PAPER_WIDTH_IN[w]} in)", "value": w} for w in ex.WIDTHS])),
+            labelled("Font", dcc.RadioItems(id=eid("font", view), value="serif", inline=True,
+                                            options=[{"label": f, "value": f} for f in ex.FONTS])),
+            labelled("Size (pt)", dcc.Input(id=eid("size", view), type="number", min=ex.SIZE_PT_RANGE[0],
+                                            max=ex.SIZE_PT_RANGE[1], step=0.5, value=8, style={"width": "70px"})),
+            labelled("DPI (PNG)", dcc.Input(id=eid("dpi", view), type="number", min=ex.DPI_RANGE[0],
+                                            max=ex.DPI_RANGE[1], step=1, value=300, style={"width": "80px"})),
+            html.Button("Download figure", id=eid("fig", view), className="btn btn-small", n_clicks=0),
+            html.Button("Data CSV", id=eid("csv", view), className="btn btn-small btn-secondary", n_clicks=0),
+            html.Button("Data JSON", id=eid("json", view), className="btn btn-small btn-secondary", n_clicks=0),
+        ),
+        dcc.Loading(html.Div(id=eid("msg", view), className="help"), type="dot", delay_show=300),
+        dcc.Download(id=eid("download", view)),
+    ], className="card export")
+
+
+def with_export(view_divs: list) -> list:
+    """Append the export control to each view's layout (ids 'view-<name>')."""
+    for div in view_divs:
+        view = str(div.id)[len(ids.VIEW_PREFIX):]
+        if view in reg.REGISTRY:
+            div.children = list(div.children or []) + [control(view)]
+    return view_divs
+
+
+def settings_from(state: dict, controls_: dict) -> reg.ViewSettings:
+    """The view's control values (URL state + components) as ViewSettings; None -> the app default."""
+    d = reg.ViewSettings()
+    c = {k: v for k, v in (controls_ or {}).items() if v is not None}
+    return reg.ViewSettings(
+        head=urlstate.head_of(state), metric=state.get("metric") or d.metric, scale=state.get("scale") or d.scale,
+        size_by=c.get("size_by", d.size_by), colours=c.get("colours", d.colours), pool=c.get("pool", d.pool),
+        eps=float(c.get("eps", d.eps)), head_threshold=float(c.get("head_threshold", d.head_threshold)),
+        graph_threshold=float(c.get("graph_threshold", d.graph_threshold)),
+        important=tuple(int(i) for i in c.get("important", ())))
+
+
+def export_download(view: str, what: str, *, part: Optional[str], fmt: str = "pdf", width: str = "single",
+                    font: str = "serif", size_pt=8, dpi=300, state: Optional[dict] = None,
+                    controls_: Optional[dict] = None):
+    """(dcc.Download data or no_update, message). what: 'figure' | 'csv' | 'json'."""
+    try:
+        if not state or not state.get("a"):
+            raise UserError("nothing to export yet: analyse a text first")
+        c = dict(controls_ or {})
+        zoom_store, cmp_store = c.pop("zoom", None), c.pop("compare", None)
+        zoom = service.get_zoom(zoom_store.get("zk")) if zoom_store else None
+        cmp = service.get_comparison(cmp_store.get("ck")) if cmp_store and cmp_store.get("a") == state["a"] else None
+        context = reg.make_context(state["a"], settings_from(state, c), zoom=zoom, comparison=cmp)
+        sp = reg.spec(view, part)
+        opts = ex.ExportOptions(fmt=fmt or "pdf", width=width or "single", font=font or "serif",
+                                size_pt=float(size_pt if size_pt is not None else 8),
+                                dpi=int(dpi if dpi is not None else 300)).validate()
+        stem = ex.file_stem(context, sp)
+        if what == "figure":
+            out = ex.export_figure(context, sp, opts)
+            name = f"{stem}.{opts.fmt}"
+            w, h = out.fig.layout.width / ex.CSS_PX_PER_IN, out.fig.layout.height / ex.CSS_PX_PER_IN
+            return dcc.send_bytes(out.content, name), f"exported {name} ({w:.2f} × {h:.2f} in)"
+        if what not in ex.DATA_FORMATS:
+            raise UserError(f"unknown export {what!r}")
+        tables = ex.tables_of(context, sp)
+        prov = ex.provenance(context, sp, opts) if what == "json" else None
+        content, ext = ex.data_bytes(tables, what, prov)
+        name = f"{stem}.data.{ext}"
+        return dcc.send_bytes(content, name), f"exported {name} ({', '.join(tables)})"
+    except service.NotCached as exc:
+        return no_update, f"export: {exc}"
+    except UserError as exc:
+        return no_update, f"export failed: {exc}"
+    except Exception as exc:  # never a traceback in the page
+        log.exception("export failed")
+        return no_update, f"export failed: internal error ({exc.__class__.__name__}: {exc})"
+
+
+WHAT = {"export-fig": "figure", "export-csv": "csv", "export-json": "json"}
+CONTROL_STATES = (("size_by", ids.OV_SIZE, "value"), ("colours", ids.OV_COLORS, "value"),
+                  ("pool", ids.HD_POOL, "value"), ("eps", ids.SK_EPS, "value"),
+                  ("head_threshold", ids.HD_THRESHOLD, "value"), ("graph_threshold", ids.GR_THRESHOLD, "value"),
+                  ("important", ids.BS_IMPORTANT, "value"), ("zoom", ids.ZOOM, "data"),
+                  ("compare", ids.COMPARE, "data"))
+
+
+@callback(
+    Output(eid("download", MATCH), "data"), Output(eid("msg", MATCH), "children"),
+    Input(eid("fig", MATCH), "n_clicks"), Input(eid("csv", MATCH), "n_clicks"), Input(eid("json", MATCH), "n_clicks"),
+    State(eid("part", MATCH), "value"), State(eid("fmt", MATCH), "value"), State(eid("width", MATCH), "value"),
+    State(eid("font", MATCH), "value"), State(eid("size", MATCH), "value"), State(eid("dpi", MATCH), "value"),
+    State(ids.STATE, "data"), *[State(cid, prop) for _, cid, prop in CONTROL_STATES],
+    prevent_initial_call=True,
+)
+def export_click(n_fig, n_csv, n_json, part, fmt, width, font, size_pt, dpi, state, *control_values):
+    trig = ctx.triggered_id
+    if not isinstance(trig, dict) or trig.get("type") not in WHAT:
+        return no_update, no_update
+    controls_ = {name: v for (name, _, _), v in zip(CONTROL_STATES, control_values)}
+    return export_download(trig["view"], WHAT[trig["type"]], part=part, fmt=fmt, width=width, font=font,
+                           size_pt=size_pt, dpi=dpi, state=state, controls_=controls_)

@@ -1,0 +1,253 @@
+"""Web-side hardening for serving many users: no 500s and no tracebacks, whatever fails.
+
+  SafeStore        wraps the flask-caching backend: an unreadable entry (corrupted, truncated, pickled by
+                   another version) is dropped and reads as missing, so it is recomputed; an unreachable
+                   Redis becomes one clear UserError.
+  Lost-job managers  DiskcacheManager / CeleryManager that notice a background job whose process or
+                   Celery worker died (SIGKILL, out of memory) and report it as an error the user can
+                   retry, instead of a spinner that never ends; and that look for the result once more
+                   when a job ends between Dash's "result?" and "running?" checks (else Dash drops it).
+  on_callback_error  the app-wide Dash error handler: any exception in any callback becomes a one-line
+                   message in the page's error box (the full traceback goes to the server log only).
+"""
+from __future__ import annotations
+
+import logging
+
+from compute.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOST_MARK = "[attnvis:lost-job] "
+LOST_JOB = ("the background job stopped before it finished (its worker was restarted, killed or ran out of "
+            "memory); press the button again to retry")
+NO_WORKER = ("no background worker is running to take this job (start one: the Procfile's worker line); "
+             "try again in a moment")
+
+
+class StoreUnavailable(UserError):
+    """The result store (Redis) does not answer."""
+
+
+def _connection_errors() -> tuple:
+    errs: list = [ConnectionError, TimeoutError]
+    try:
+        from redis.exceptions import ConnectionError as RCE, TimeoutError as RTE
+        errs += [RCE, RTE]
+    except ImportError:
+        pass
+    try:
+        from kombu.exceptions import OperationalError
+        errs.append(OperationalError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+CONNECTION_ERRORS = _connection_errors()
+UNAVAILABLE = "the result store (Redis) is not reachable right now; try again in a moment"
+
+
+class SafeStore:
+    """A flask-caching/cachelib backend whose reads never raise on bad data."""
+
+    def __init__(self, backend):
+        self._b = backend
+
+    def get(self, key):
+        try:
+            value = self._b.get(key)
+        except CONNECTION_ERRORS:
+            raise StoreUnavailable(UNAVAILABLE) from None
+        except Exception as exc:  # corrupted or foreign pickle: recompute instead of failing
+            log.warning("dropping unreadable cache entry %s (%s: %s)", key, exc.__class__.__name__, exc)
+            self._drop(key)
+            return None
+        if isinstance(value, (bytes, bytearray)):   # cachelib's RedisCache hands back unpickled raw bytes
+            log.warning("dropping cache entry %s: not a pickled value", key)
+            self._drop(key)
+            return None
+        if value is None and self._exists(key):     # cachelib swallowed an unpickling error: drop it
+            log.warning("dropping unreadable cache entry %s", key)
+            self._drop(key)
+        return value
+
+    def _exists(self, key) -> bool:
+        try:
+            return bool(self._b.has(key))
+        except CONNECTION_ERRORS:
+            raise StoreUnavailable(UNAVAILABLE) from None
+        except Exception:
+            return False
+
+    def _drop(self, key) -> None:
+        try:
+            self._b.delete(key)
+        except Exception:
+            pass
+
+    def __getattr__(self, name):
+        attr = getattr(self._b, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except CONNECTION_ERRORS:
+                raise StoreUnavailable(UNAVAILABLE) from None
+        return call
+
+
+def secret_key() -> str:
+    """Flask's secret_key, which Dash uses to sign background-job handles. Without one, Dash keeps a
+    random secret in the job store: every web process that first needs it after Redis restarted empty
+    makes a new one, and handles signed by the others stop verifying (their jobs end silently)."""
+    import os
+    import secrets
+    import time
+    from pathlib import Path
+
+    from compute import settings
+
+    key = settings.get("ATTNVIS_SECRET_KEY")
+    if key:
+        return key
+    path = Path(settings.get("ATTNVIS_CACHE_DIR")) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)   # the first process creates it
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    except FileExistsError:
+        pass
+    for _ in range(100):                      # another process may still be writing it
+        text = path.read_text().strip()
+        if text:
+            return text
+        time.sleep(0.02)
+    raise RuntimeError(f"{path} stays empty; delete it or set ATTNVIS_SECRET_KEY")
+
+
+def _lost(msg: str) -> dict:
+    return {"background_callback_error": {"msg": LOST_MARK + msg, "tb": ""}}
+
+
+def diskcache_manager(cache, expire):
+    from dash import DiskcacheManager
+
+    class LostJobDiskcacheManager(DiskcacheManager):
+        """A job is a forked process: dead without a result means lost."""
+
+        def get_result(self, key, job):
+            result = super().get_result(key, job)
+            if result is self.UNDEFINED and job is not None and not self.job_running(job):
+                result = super().get_result(key, job)        # it may have finished between the two looks
+                if result is self.UNDEFINED:
+                    return _lost(LOST_JOB)
+            return result
+
+    return LostJobDiskcacheManager(cache, expire=expire)
+
+
+def celery_manager(celery_app, expire):
+    from dash import CeleryManager
+
+    class LostJobCeleryManager(CeleryManager):
+        """A started job whose worker has no liveness beacon (compute.tasks) is lost; a queued job with
+        no worker alive at all will not start."""
+
+        def _why_lost(self, job):
+            from compute.tasks import any_worker_alive, worker_alive
+            try:
+                task = self.get_task(job)
+                state = task.status if task is not None else None
+                if state == "STARTED":
+                    info = task.info if isinstance(task.info, dict) else {}
+                    host = info.get("hostname")
+                    return LOST_JOB if host and not worker_alive(host) else None
+                if state == "PENDING":
+                    return None if any_worker_alive() else NO_WORKER
+            except CONNECTION_ERRORS:
+                raise StoreUnavailable(UNAVAILABLE) from None
+            return None
+
+        def job_running(self, job):
+            return bool(super().job_running(job)) and self._why_lost(job) is None
+
+        def call_job_fn(self, key, job_fn, args, context):
+            try:
+                return super().call_job_fn(key, job_fn, args, context)
+            except CONNECTION_ERRORS:
+                raise StoreUnavailable(UNAVAILABLE) from None
+            except RuntimeError as exc:     # celery's result consumer: "Retry limit exceeded ... result store"
+                if isinstance(exc.__cause__, CONNECTION_ERRORS) or "result store" in str(exc):
+                    raise StoreUnavailable(UNAVAILABLE) from None
+                raise
+
+        def get_result(self, key, job):
+            try:
+                result = super().get_result(key, job)
+                if result is self.UNDEFINED and job:
+                    task = self.get_task(job)
+                    if task is not None and task.status in ("SUCCESS", "FAILURE"):
+                        # Finished after the first look: the job writes its result before the task ends,
+                        # so it is there now. (Dash would otherwise see 'not running, no result' and
+                        # end the callback without ever showing the result.)
+                        result = super().get_result(key, job)
+                        if result is self.UNDEFINED:
+                            return _lost(LOST_JOB)
+                        return result
+                    why = self._why_lost(job)
+                    if why is not None:
+                        result = super().get_result(key, job)
+                        if result is self.UNDEFINED:
+                            return _lost(why)
+                return result
+            except CONNECTION_ERRORS:
+                raise StoreUnavailable(UNAVAILABLE) from None
+
+    return LostJobCeleryManager(celery_app, expire=expire)
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for the page; never a traceback."""
+    text = str(exc)
+    if LOST_MARK in text:
+        return text.split(LOST_MARK, 1)[1].split("\n", 1)[0]
+    if isinstance(exc, UserError):
+        return text.split("\n", 1)[0]
+    if isinstance(exc, CONNECTION_ERRORS):
+        return UNAVAILABLE
+    if isinstance(exc, MemoryError):
+        return "out of memory: try a shorter text or fewer max tokens"
+    log.error("callback failed", exc_info=exc)
+    return f"internal error ({exc.__class__.__name__}); the server log has the details"
+
+
+def _flat(outputs) -> list:
+    out = []
+    for o in outputs if isinstance(outputs, list) else [outputs]:
+        out.extend(_flat(o) if isinstance(o, list) else [o])
+    return out
+
+
+def on_callback_error(exc: BaseException):
+    """Dash(on_error=...): show the message in an error box, leave every other output as it was.
+
+    A callback that has an error box among its outputs (the analysis and comparison jobs) gets the
+    message as that output: background callbacks ignore set_props made in an error handler when the
+    job could not even be started. Any other callback shows it in the page's main error box."""
+    from dash import ctx, no_update, set_props
+
+    from . import ids
+    from .callbacks import error_box
+    box = error_box(user_message(exc))
+    error_ids = {ids.ERROR, getattr(ids, "VR_ERROR", ids.ERROR)}
+    outputs = getattr(ctx, "outputs_list", None) or []
+    flat = _flat(outputs)
+    if any(isinstance(o, dict) and o.get("id") in error_ids and o.get("property") == "children" for o in flat):
+        vals = [box if o.get("id") in error_ids and o.get("property") == "children" else no_update for o in flat]
+        return vals if isinstance(outputs, list) else vals[0]
+    set_props(ids.ERROR, {"children": box})
+    return None

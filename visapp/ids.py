@@ -1,0 +1,114 @@
+"""Every component id in one place (strings; views are keyed by visapp.urlstate.VIEWS)."""
+from __future__ import annotations
+
+# routing and state
+URL = "url"
+STATE = "view-state"                 # dcc.Store: parsed URL state (small JSON)
+DONE = "analysis-done"               # dcc.Store: {"key", "model", "t"} written by the analysis job
+AUTORUN = "autorun"                  # dcc.Store: a request the page asks the job to run at load
+FILLED = "filled-key"                # dcc.Store: analysis key whose inputs are shown in the panel
+ZOOM = "zoom-store"                  # dcc.Store: cache key of the zoomed block (long texts)
+ZOOM_REQ = "zoom-request"            # dcc.Store: the region a click on a pooled map asks for
+COMPARE = "compare-store"            # dcc.Store: cache key of the variant comparison
+# Background jobs write here and a plain callback relays to ZOOM / COMPARE: Dash 4.4's renderer stops
+# firing callbacks when a MATCH callback (the export controls) has a State on a background output.
+ZOOM_JOB = "zoom-job-store"
+COMPARE_JOB = "compare-job-store"
+RUN_INFO = "run-info"
+
+# input panel
+MODEL = "model-select"
+MODEL_PATH = "model-path"
+TEXT = "text-input"
+PRESET_PREFIX = "preset-"            # + preset name
+BACKEND = "opt-backend"
+MAX_TOKENS = "opt-max-tokens"
+SINK_TOKENS = "opt-sink-tokens"
+ITEMS = "opt-items"
+PROBES = "opt-probes"
+IMPORTANCE = "opt-importance"
+ANALYZE = "analyze-btn"
+CANCEL = "cancel-btn"
+PROGRESS = "progress-bar"
+PROGRESS_MSG = "progress-msg"
+PROGRESS_WRAP = "progress-wrap"
+ERROR = "error-box"
+
+# navigation
+NAV_PREFIX = "nav-"                  # + view
+VIEW_PREFIX = "view-"                # + view
+
+# overview
+OV_METRIC = "ov-metric"
+OV_SIZE = "ov-size"
+OV_COLORS = "ov-colors"
+OV_GRAPH = "ov-graph"
+OV_SIDE = "ov-side"
+
+# head detail
+HD_LAYER = "hd-layer"
+HD_HEAD = "hd-head"
+HD_SCALE = "hd-scale"
+HD_POOL = "hd-pool"
+HD_MAP = "hd-map"
+HD_ZOOM = "hd-zoom"
+HD_NOTE = "hd-note"
+HD_ENTROPY = "hd-entropy"
+HD_RECEIVED = "hd-received"
+HD_GRAPH = "hd-token-graph"
+HD_DEPS = "hd-deps"
+HD_THRESHOLD = "hd-threshold"
+HD_SUMMARY = "hd-summary"
+
+# sinks / basin / entropy / graphs
+SK_EPS = "sk-eps"
+SK_LAYERS = "sk-layers"
+SK_RATE = "sk-rate"
+SK_MAP = "sk-map"
+SK_TABLE = "sk-table"
+BS_TEXT = "bs-text"
+BS_CURVES = "bs-curves"
+BS_IMPORTANT = "bs-important"
+BS_ORDER = "bs-order"
+BS_SUMMARY = "bs-summary"
+EN_MAP = "en-map"
+EN_PROFILE = "en-profile"
+EN_FLAGS = "en-flags"
+GR_HEADS = "gr-heads"
+GR_TOKENS = "gr-tokens"
+GR_INFO = "gr-info"
+GR_THRESHOLD = "gr-threshold"
+
+# variants
+VR_SPECS = "vr-specs"
+VR_CUSTOM = "vr-custom"
+VR_LAYERS = "vr-layers"
+VR_RUN = "vr-run"
+VR_CANCEL = "vr-cancel"
+VR_PROGRESS = "vr-progress"
+VR_PROGRESS_MSG = "vr-progress-msg"
+VR_ERROR = "vr-error"
+VR_MAPS = "vr-maps"
+VR_DIFF = "vr-diff"
+VR_TABLE = "vr-table"
+VR_BARS = "vr-bars"
+VR_NOTE = "vr-note"
+
+# generation
+GN_TOKENS = "gn-tokens"
+GN_RUN = "gn-run"
+GN_TEXT = "gn-text"
+GN_MAP = "gn-map"
+GN_TABLE = "gn-table"
+
+
+def nav(view: str) -> str:
+    return NAV_PREFIX + view
+
+
+def view(view: str) -> str:
+    return VIEW_PREFIX + view
+
+
+def preset(name: str) -> str:
+    return PRESET_PREFIX + name

@@ -1,0 +1,583 @@
+"""The app's only door to compute/: analyses, cached results, on-demand maps, generation, variants.
+
+Process model. The web process only loads models and reads cached results; every forward pass runs
+in a background job (a process forked by dash's DiskcacheManager, or a Celery worker). Forked jobs
+inherit the models the web process has loaded (copy-on-write), so a model loads once per web process.
+Two fork hazards are handled here:
+  * torch's OpenMP pool hangs in a forked child once the parent has used it: the web process keeps
+    torch at one thread and never runs a forward; jobs set their own thread count (job_setup).
+  * a fork while another thread holds the model-loading lock would leave the child's copy locked
+    forever: forks wait for loads in progress (os.register_at_fork on _LOAD_LOCK).
+
+Cache layout (flask-caching backend from visapp.state, keyed by the analysis key = sha1 of the
+request: model, text, options, analysis settings):
+  <key>:req          the request (so a link can be re-run after its result expired)
+  <key>:core         AttentionResult without the full maps (row/column stats, pooled maps, extras)
+  <key>:maps:<l>     float16 [H, N, N] full maps of layer l (texts up to full_map_max tokens)
+  <key>:qk:<l>       one layer's q/k for on-demand blocks of longer texts
+  <key>:zoom:<..>    a full-resolution block of one head
+  <key>:cmp:<..>     a variant comparison
+The core is written last, so a present core means its pieces were written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from compute import settings as csettings
+from compute.errors import InputError, UserError
+
+from . import state
+from .presets import DEFAULT_PRESET, PRESETS
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "app-1"
+DEFAULT_MODEL = "smollm2-135m"
+BACKENDS = ("auto", "torch", "triton")
+ITEMS = ("none", "auto")
+PROBES = ("induction", "retrieval")
+ZOOM_SPAN = 256                  # full-resolution window of long texts: ZOOM_SPAN x ZOOM_SPAN cells
+Progress = Callable[[float, str], None]
+
+
+class NotCached(UserError):
+    """The analysis is not (or no longer) in the cache."""
+
+
+def app_full_map_max() -> int:
+    """Texts up to this many tokens keep every head's full map (float16 [L, H, N, N]); longer ones
+    use pooled maps plus on-demand blocks. 512 keeps a 30 x 9 head model at ~140 MB per analysis."""
+    return int(os.environ.get("ATTNVIS_APP_FULL_MAP_MAX", "512"))
+
+
+def job_threads() -> int:
+    return int(os.environ.get("ATTNVIS_TORCH_THREADS", "0")) or (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- requests
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for; its sha1 is the cache key."""
+
+    model: str = DEFAULT_MODEL
+    text: str = PRESETS[DEFAULT_PRESET]["text"]
+    backend: str = "auto"
+    max_tokens: int = 2048
+    sink_tokens: int = 4
+    items: str = "auto"
+    probes: tuple = ()
+    importance: bool = False
+    generate: int = 0            # > 0: generate this many tokens after the text, then analyse both
+
+    def key(self) -> str:
+        payload = json.dumps({"v": CACHE_VERSION, **asdict(self), "full_map_max": app_full_map_max()},
+                             sort_keys=True, ensure_ascii=True)
+        return hashlib.sha1(payload.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["probes"] = list(self.probes)
+        return d
+
+
+def make_request(model=None, text=None, backend="auto", max_tokens=2048, sink_tokens=4, items="auto",
+                 probes=(), importance=False, generate=0) -> Request:
+    """Validate the input panel's values (cheap checks only; the job checks the rest)."""
+    from compute.limits import check_model_ref, check_text_size
+
+    model = check_model_ref(model if model else DEFAULT_MODEL)
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("the text is empty: type or paste a text, or pick an example")
+    if "\x00" in text:
+        raise InputError("the text contains NUL bytes (binary data?)")
+    check_text_size(text)
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}")
+    cap = csettings.get("ATTNVIS_MAX_TOKENS")
+    try:
+        max_tokens, sink_tokens, generate = int(max_tokens), int(sink_tokens), int(generate or 0)
+    except (TypeError, ValueError):
+        raise InputError("max tokens, sink count and tokens to generate must be whole numbers") from None
+    if not 1 <= max_tokens <= cap:
+        raise InputError(f"max tokens must be between 1 and {cap:,} (ATTNVIS_MAX_TOKENS)")
+    if not 1 <= sink_tokens <= 64:
+        raise InputError("sink count must be between 1 and 64")
+    if items not in ITEMS:
+        raise InputError(f"items must be one of {', '.join(ITEMS)}")
+    bad = set(probes or ()) - set(PROBES)
+    if bad:
+        raise InputError(f"unknown probe(s): {', '.join(sorted(bad))}")
+    if not 0 <= generate <= 256:
+        raise InputError("tokens to generate must be between 0 and 256")
+    return Request(model=model, text=text, backend=backend, max_tokens=max_tokens, sink_tokens=sink_tokens,
+                   items=items, probes=tuple(p for p in PROBES if p in set(probes or ())),
+                   importance=bool(importance), generate=generate)
+
+
+def default_request() -> Request:
+    return Request(max_tokens=min(2048, csettings.get("ATTNVIS_MAX_TOKENS")))
+
+
+def list_models() -> list[dict]:
+    from compute.models import list_models as _list
+    return _list()
+
+
+# ---------------------------------------------------------------- processes and models
+
+_LOAD_LOCK = threading.RLock()
+_WARM: dict[str, threading.Thread] = {}
+
+# Imported in the web process before any job forks: a fork while another thread is half-way through
+# importing a module leaves that module's import lock held forever in the child, which then hangs
+# the first time it imports the module itself.
+PRELOAD = ("torch", "transformers", "compute.engine", "compute.limits", "compute.summary", "compute.ondemand",
+           "compute.generate", "compute.analysis", "compute.analysis.sinks", "compute.analysis.entropy",
+           "compute.analysis.roles", "compute.analysis.graphs", "compute.analysis.basins",
+           "compute.analysis.syntax", "compute.analysis.tokens", "compute.analysis.importance",
+           "compute.analysis.probes", "compute.analysis.live", "compute.variants", "spacy")
+
+
+def _fork_guard() -> None:
+    """Forks wait while this process imports modules or loads a model (both hold _LOAD_LOCK)."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_LOAD_LOCK.acquire, after_in_parent=_LOAD_LOCK.release,
+                            after_in_child=_LOAD_LOCK.release)
+
+
+_fork_guard()
+
+
+def preload() -> None:
+    import importlib
+    with _LOAD_LOCK:
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except ImportError:            # optional parts (variants, spaCy) may be missing
+                pass
+
+
+def warm_up(model: str = DEFAULT_MODEL, wait: bool = False) -> None:
+    """Import the compute stack and load a model in this (web) process, so the jobs forked later
+    inherit both (copy-on-write). With wait=True the caller blocks until done. Load errors are left
+    to the job, which reports them to the user."""
+    def load():
+        try:
+            with _LOAD_LOCK:
+                preload()
+                from compute.limits import load_model_limited
+                from compute.ondemand import set_torch_threads
+                set_torch_threads(1)       # this process never runs a parallel region (see module doc)
+                try:
+                    from compute.analysis.syntax import load_spacy
+                    load_spacy()           # cached: the jobs inherit the parsed pipeline
+                except Exception:
+                    pass
+                load_model_limited(model)
+        except Exception as exc:  # the analysis job will report it
+            log.info("warm-up of %s failed: %s", model, exc)
+
+    t = _WARM.get(model)
+    if t is None:
+        t = threading.Thread(target=load, name=f"warm-{model}", daemon=True)
+        _WARM[model] = t
+        t.start()
+    if wait:
+        t.join()
+
+
+def job_setup() -> None:
+    """Run first in every background job: full torch threads for the job's own forwards."""
+    os.environ["ATTNVIS_IN_JOB"] = "1"
+    from compute.ondemand import set_torch_threads
+    set_torch_threads(job_threads())
+
+
+def _load(model: str):
+    from compute.limits import load_model_limited
+    return load_model_limited(model)
+
+
+# ---------------------------------------------------------------- the analysis job
+
+def _progress(progress: Optional[Progress], lo: float, hi: float) -> Progress:
+    def p(frac: float, msg: str) -> None:
+        if progress is not None:
+            progress(lo + (hi - lo) * max(0.0, min(1.0, frac)), msg)
+    return p
+
+
+def run_analysis(req: Request, progress: Optional[Progress] = None) -> str:
+    """Analyse the request and cache the result (runs in a job). Returns the key. Raises UserError."""
+    from compute.engine import AnalysisOptions
+    from compute.limits import analyze_limited
+
+    key = req.key()
+    # this process's memory is not enough: the shared store may have lost (evicted, corrupted) the entry
+    if is_cached(key) and state.store().has(f"{key}:core"):
+        return key
+    p = _progress(progress, 0, 1)
+    p(0.0, f"loading {req.model}")
+    lm = _load(req.model)
+    text, generation = req.text, None
+    if req.generate:
+        from compute.generate import generate_text
+        p(0.02, f"generating {req.generate} tokens")
+        g = generate_text(lm, req.text, req.generate, req.max_tokens)
+        text = g.text
+        generation = {"prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
+                      "continuation": g.continuation, "prompt_chars": len(g.prompt)}
+    opts = AnalysisOptions(backend=req.backend, sink_tokens=req.sink_tokens, max_tokens=req.max_tokens,
+                           full_map_max=app_full_map_max())
+    res = analyze_limited(lm, text, opts, progress=_progress(progress, 0.05, 0.45))
+    res.extras.update(_analysis_sections(lm, res, req, _progress(progress, 0.45, 0.97)))
+    if generation is not None:
+        res.extras["generation"] = generation
+    p(0.98, "saving")
+    _store_result(key, req, res)
+    p(1.0, "done")
+    return key
+
+
+def _analysis_sections(lm, res, req: Request, progress: Progress) -> dict:
+    """compute.analysis sections (sinks, entropy, roles, graphs, basin...) plus the token-level
+    dependency edges for the arcs view. Missing pieces are recorded with a reason, not raised."""
+    try:
+        from compute.analysis import AnalysisSettings, run_analysis as _run
+    except ImportError as exc:
+        return {"analysis_unavailable": f"compute.analysis is not available ({exc})"}
+    items, basin_reason = None, None
+    if req.items == "auto":
+        from compute.analysis.basins import find_items
+        try:
+            find_items(res.text)
+            items = "auto"
+        except InputError as exc:
+            basin_reason = str(exc)
+    s = AnalysisSettings(items=items, probes=tuple(req.probes), importance=req.importance, ablation=False)
+    try:
+        out = _run(lm, res, s, progress=progress)
+    except InputError as exc:
+        if items is None:
+            raise
+        basin_reason = str(exc)           # the items did not map onto tokens: analyse without them
+        out = _run(lm, res, s.with_(items=None), progress=progress)
+    if basin_reason is not None:
+        out["basin"] = {"available": False, "reason": basin_reason}
+    elif req.items == "none":
+        out["basin"] = {"available": False, "reason": "items are off (choose 'auto' under options)"}
+    else:
+        _basin_preference(lm, out.get("basin"), progress)
+    out["dependency"] = _dependency_edges(lm, res)
+    return out
+
+
+def _basin_preference(lm, basin: Optional[dict], progress: Progress) -> None:
+    """Store the positional preference (from the shipped calibration prompts) in the basin section even
+    when no item is marked important, so the view can suggest an order for any marked set at once."""
+    if not basin or not basin.get("items"):
+        return
+    ranking = basin.setdefault("ranking", {})
+    if ranking.get("preference") is not None:
+        return
+    try:
+        from compute.analysis.basins import preference_curve, shipped_calibration
+        from compute.analysis.common import plain
+        progress(0.99, "basin calibration")
+        ranking["preference"] = plain(preference_curve(shipped_calibration(lm), len(basin["items"])))
+        ranking["note"] = "preference from the shipped calibration prompts"
+    except (UserError, OSError, ValueError) as exc:
+        ranking["note"] = f"no positional preference: {exc}"
+
+
+def _dependency_edges(lm, res) -> dict:
+    """spaCy parse mapped onto tokens: edges (dependent token, head token, label), each word at its
+    first token. {available, edges | reason}."""
+    try:
+        from compute.analysis.syntax import load_spacy, token_words
+        from compute.analysis.tokens import token_char_spans
+        nlp = load_spacy()
+        doc = nlp(res.text)
+        spans = token_char_spans(lm, res.text, res.token_ids)
+        tw = token_words(spans, [(w.idx, w.idx + len(w.text)) for w in doc], len(res.text))
+    except Exception as exc:  # spaCy missing, non-English text, tokenizer offsets unavailable
+        return {"available": False, "reason": f"no parse: {exc}"}
+    first: dict[int, int] = {}
+    for t, w in enumerate(tw):
+        if w >= 0 and int(w) not in first:
+            first[int(w)] = t
+    edges = []
+    for w in doc:
+        if w.head.i != w.i and w.i in first and w.head.i in first:
+            edges.append([first[w.i], first[w.head.i], w.dep_])
+    return {"available": True, "edges": edges, "model": getattr(nlp, "meta", {}).get("name", "spacy")}
+
+
+def _store_result(key: str, req: Request, res) -> None:
+    st = state.store()
+    st.set(f"{key}:req", req.to_dict(), timeout=0)
+    maps = res.maps
+    if maps is not None:
+        for layer in range(res.n_layers):
+            st.set(f"{key}:maps:{layer}", np.ascontiguousarray(maps[layer]))
+    res.maps = None
+    res.extras["has_full_maps"] = maps is not None
+    st.set(f"{key}:core", res)
+    _remember(key, res)
+
+
+# ---------------------------------------------------------------- reading results (web process)
+
+_CORES: "OrderedDict[str, object]" = OrderedDict()
+_LAYERS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_MEM_LOCK = threading.Lock()
+MAX_CORES = 3
+MAX_LAYERS = 4
+
+
+def _remember(key: str, res) -> None:
+    with _MEM_LOCK:
+        _CORES[key] = res
+        _CORES.move_to_end(key)
+        while len(_CORES) > MAX_CORES:
+            _CORES.popitem(last=False)
+
+
+def _complete(key: str, res) -> bool:
+    if not res.extras.get("has_full_maps"):
+        return True
+    st = state.store()
+    return all(st.has(f"{key}:maps:{l}") for l in range(res.n_layers))
+
+
+def get_result(key: str):
+    """The cached AttentionResult (without full maps). Raises NotCached."""
+    with _MEM_LOCK:
+        if key in _CORES:
+            _CORES.move_to_end(key)
+            return _CORES[key]
+    if not key:
+        raise NotCached("no analysis selected")
+    res = state.store().get(f"{key}:core")
+    if res is None or not _complete(key, res):
+        raise NotCached("this analysis is not in the cache (it expired or was evicted); analyse again")
+    _remember(key, res)
+    return res
+
+
+def is_cached(key: str) -> bool:
+    try:
+        get_result(key)
+        return True
+    except NotCached:
+        return False
+
+
+def get_request(key: str) -> Optional[Request]:
+    d = state.store().get(f"{key}:req") if key else None
+    if not d:
+        return None
+    d = dict(d)
+    d["probes"] = tuple(d.get("probes") or ())
+    return Request(**{k: v for k, v in d.items() if k in Request.__dataclass_fields__})
+
+
+def layer_maps(key: str, layer: int) -> Optional[np.ndarray]:
+    """float16 [H, N, N] of one layer, or None for long texts (no full maps)."""
+    ck = (key, layer)
+    with _MEM_LOCK:
+        if ck in _LAYERS:
+            _LAYERS.move_to_end(ck)
+            return _LAYERS[ck]
+    m = state.store().get(f"{key}:maps:{layer}")
+    if m is None:
+        return None
+    with _MEM_LOCK:
+        _LAYERS[ck] = m
+        while len(_LAYERS) > MAX_LAYERS:
+            _LAYERS.popitem(last=False)
+    return m
+
+
+def head_map(key: str, layer: int, head: int) -> Optional[np.ndarray]:
+    """float32 [N, N] full map of one head, or None when the text is too long for stored maps."""
+    m = layer_maps(key, layer)
+    return None if m is None else m[head].astype(np.float32)
+
+
+# ---------------------------------------------------------------- on-demand blocks (jobs)
+
+def zoom_key(key: str, layer: int, head: int, q0: int, k0: int, span: int) -> str:
+    return f"{key}:zoom:{layer}.{head}:{q0}:{k0}:{span}"
+
+
+def compute_zoom(key: str, layer: int, head: int, q0: int, q1: int, k0: int, k1: int) -> str:
+    """Full-resolution block of one head for a long text (runs in a job); returns its cache key."""
+    from compute.ondemand import head_block, layer_qk
+
+    res = get_result(key)
+    req = get_request(key)
+    if req is None:
+        raise NotCached("the request of this analysis is no longer cached; analyse again")
+    zk = zoom_key(key, layer, head, q0, k0, q1 - q0)
+    st = state.store()
+    if st.has(zk):
+        return zk
+    qk = st.get(f"{key}:qk:{layer}")
+    if qk is None:
+        qk = layer_qk(_load(req.model), res.token_ids, layer)
+        st.set(f"{key}:qk:{layer}", qk)
+    st.set(zk, {"head": [layer, head], "q0": q0, "q1": q1, "k0": k0, "k1": k1,
+                "z": head_block(qk, head, q0, q1, k0, k1)})
+    return zk
+
+
+def get_zoom(zk: str) -> Optional[dict]:
+    return state.store().get(zk) if zk else None
+
+
+# ---------------------------------------------------------------- variants (jobs)
+
+def variants_available() -> Optional[str]:
+    """None when compute.variants offers comparisons, else the reason."""
+    try:
+        import compute.variants as v  # noqa: F401
+    except ImportError as exc:
+        return f"compute.variants is not available yet ({exc})"
+    if not hasattr(v, "compare_variants"):
+        return "compute.variants has no compare_variants yet"
+    return None
+
+
+def split_specs(text: str) -> list[str]:
+    """'topk:16, elu' -> ['topk:16', 'elu'] (compute.variants' grammar; InputError on bad specs)."""
+    try:
+        from compute.variants.registry import split_specs as _split
+    except ImportError:
+        return [s.strip() for s in text.replace(";", ",").split(",") if s.strip()]
+    return _split(text)
+
+
+def variant_choices() -> list[dict]:
+    """[{spec, label}] for the picker (from the registry when it exists)."""
+    try:
+        from compute.variants import catalogue
+        return [{"spec": c["example"], "label": f"{c['example']} — {c['description']}"} for c in catalogue()]
+    except Exception:
+        return [{"spec": s, "label": s} for s in ("window:64", "sinks:4+window:64", "topk:32", "elu")]
+
+
+@dataclass
+class Comparison:
+    specs: list
+    layers: Optional[list]
+    result: dict = field(default_factory=dict)       # compute.variants' JSON-able result
+    maps: dict = field(default_factory=dict)         # (spec, layer, head) -> [N, N] float32 (short texts)
+
+
+def comparison_key(key: str, specs: list[str], layers: Optional[list[int]]) -> str:
+    h = hashlib.sha1(json.dumps([specs, layers]).encode()).hexdigest()[:16]
+    return f"{key}:cmp:{h}"
+
+
+def run_comparison(key: str, specs: list[str], layers: Optional[list[int]], head: tuple[int, int],
+                   progress: Optional[Progress] = None) -> str:
+    """Compare variants against softmax on the analysed text (runs in a job); returns its cache key."""
+    reason = variants_available()
+    if reason:
+        raise UserError(reason)
+    from compute import variants
+
+    res = get_result(key)
+    req = get_request(key)
+    if req is None:
+        raise NotCached("the request of this analysis is no longer cached; analyse again")
+    if not specs:
+        raise InputError("pick at least one variant")
+    ck = comparison_key(key, specs, layers)
+    st = state.store()
+    cmp = st.get(ck)
+    lm = _load(req.model)
+    if cmp is None:
+        out = variants.compare_variants(lm, res.text, specs, layers=layers,
+                                        progress=_progress(progress, 0, 0.85))
+        cmp = Comparison(specs=list(specs), layers=layers, result=out)
+    if head not in {(l, h) for (_, l, h) in cmp.maps} and res.n_tokens <= app_full_map_max():
+        if hasattr(variants, "variant_maps"):
+            p = _progress(progress, 0.85, 1.0)
+            p(0.0, f"maps of head {head[0]}.{head[1]}")
+            for spec, z in variants.variant_maps(lm, res.text, specs, head[0], head[1]).items():
+                cmp.maps[(spec, head[0], head[1])] = np.asarray(z, np.float32)
+    st.set(ck, cmp)
+    return ck
+
+
+def get_comparison(ck: str) -> Optional[Comparison]:
+    return state.store().get(ck) if ck else None
+
+
+# ---------------------------------------------------------------- derived numbers (pure compute calls)
+
+_SUMMARIES: "OrderedDict[int, dict]" = OrderedDict()
+
+
+def summary(res) -> dict:
+    """compute.summary per-head metrics [L, H] plus received [L, H, N] and normalised entropy [L, H, N],
+    memoised per result object (the views ask for them on every head click)."""
+    k = id(res)
+    with _MEM_LOCK:
+        if k in _SUMMARIES and _SUMMARIES[k]["_res"] is res:
+            return _SUMMARIES[k]
+    from compute.summary import entropy_norm, head_summary, received_mean
+    s = dict(head_summary(res))
+    s["received"] = received_mean(res)
+    s["entropy_norm"] = entropy_norm(res)
+    s["_res"] = res
+    with _MEM_LOCK:
+        _SUMMARIES[k] = s
+        while len(_SUMMARIES) > MAX_CORES:
+            _SUMMARIES.popitem(last=False)
+    return s
+
+
+def token_edges(attn: np.ndarray, tokens: list[str], threshold: float = 0.1, max_edges: int = 150,
+                include_first: bool = False) -> list[tuple[int, int, float]]:
+    """(query, key, weight) edges of one head's map above a threshold (compute.analysis.graphs)."""
+    from compute.analysis.graphs import token_graph
+    g = token_graph(attn, tokens, threshold=threshold, max_edges=max_edges, include_first=include_first)
+    return [(e["source"], e["target"], e["weight"]) for e in g["edges"]]
+
+
+def token_edges_block(z: np.ndarray, q0: int, k0: int, tokens: list[str], threshold: float = 0.1,
+                      max_edges: int = 150, include_first: bool = False) -> list[tuple[int, int, float]]:
+    """Edges of a zoomed block (rows q0.., keys k0..), in absolute token positions."""
+    n = max(z.shape)
+    sq = np.zeros((n, n), np.float32)
+    sq[:z.shape[0], :z.shape[1]] = z
+    if k0 == 0 and not include_first:
+        sq[:, 0] = 0.0
+    toks = [tokens[min(k0 + i, len(tokens) - 1)] for i in range(n)]
+    edges = token_edges(sq, toks, threshold, max_edges, include_first=True)
+    return [(q0 + q, k0 + k, w) for q, k, w in edges if q < z.shape[0] and k < z.shape[1]]
+
+
+def sink_rate_curve(sink_metric: np.ndarray, eps_grid: np.ndarray) -> np.ndarray:
+    from compute.analysis.sinks import sink_rate
+    return np.array([sink_rate(sink_metric, float(e)) for e in eps_grid])
+
+
+def attnrank_order(preference, important: list[int]) -> list[int]:
+    from compute.analysis.basins import attnrank_order as _order
+    return list(_order(np.asarray(preference, float), list(important)))

@@ -1,0 +1,85 @@
+"""Where results and background jobs live; the one module to switch for scale-out.
+
+Without REDIS_URL (the embedded default, no server needed):
+  results  flask-caching FileSystemCache in $ATTNVIS_CACHE_DIR/results (shared by every process on
+           this host, survives a reload and a restart)
+  jobs     dash DiskcacheManager in $ATTNVIS_CACHE_DIR/jobs (each job is a forked process)
+With REDIS_URL set: flask-caching RedisCache and dash CeleryManager on compute.tasks' Celery app, so
+any web worker serves any result and jobs run on Celery workers (issue 8 wires and tests this).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from compute import settings
+
+_MANAGER = None
+_STORE = None
+
+
+def cache_dir() -> Path:
+    p = Path(settings.get("ATTNVIS_CACHE_DIR"))
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def redis_url() -> str:
+    return settings.get("REDIS_URL")
+
+
+def cache_config() -> dict:
+    timeout = settings.get("ATTNVIS_CACHE_TIMEOUT_S")
+    if redis_url():
+        return {"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": redis_url(), "CACHE_KEY_PREFIX": "attnvis:app:",
+                "CACHE_DEFAULT_TIMEOUT": timeout}
+    return {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(cache_dir() / "results"),
+            "CACHE_THRESHOLD": settings.get("ATTNVIS_CACHE_THRESHOLD"), "CACHE_DEFAULT_TIMEOUT": timeout}
+
+
+def store():
+    """The flask-caching backend (FileSystemCache or RedisCache) of this process, usable without a Flask
+    app context (background jobs have none). Values are pickled: numpy arrays are fine."""
+    global _STORE
+    if _STORE is None:
+        cfg = cache_config()
+        if cfg["CACHE_TYPE"] == "RedisCache":
+            from flask_caching.backends import RedisCache
+            _STORE = RedisCache.factory(None, dict(cfg), [], {"default_timeout": cfg["CACHE_DEFAULT_TIMEOUT"]})
+        else:
+            from flask_caching.backends import FileSystemCache
+            _STORE = FileSystemCache(cfg["CACHE_DIR"], threshold=cfg["CACHE_THRESHOLD"],
+                                     default_timeout=cfg["CACHE_DEFAULT_TIMEOUT"])
+        from .hardening import SafeStore  # corrupted entries read as missing; Redis down -> clear error
+        _STORE = SafeStore(_STORE)
+    return _STORE
+
+
+def reset() -> None:
+    """Forget the process's store and manager (tests that change ATTNVIS_CACHE_DIR or REDIS_URL)."""
+    global _STORE, _MANAGER
+    _STORE = None
+    _MANAGER = None
+
+
+def background_manager():
+    """DiskcacheManager (default) or CeleryManager (REDIS_URL); created once per process."""
+    global _MANAGER
+    if _MANAGER is None:
+        expire = settings.get("ATTNVIS_JOB_EXPIRE_S")
+        if redis_url():
+            from compute.tasks import celery_app
+
+            from .hardening import celery_manager  # CeleryManager that reports jobs of dead workers
+            _MANAGER = celery_manager(celery_app, expire)
+        else:
+            import diskcache
+
+            from .hardening import diskcache_manager  # DiskcacheManager that reports killed jobs
+            _MANAGER = diskcache_manager(diskcache.Cache(str(cache_dir() / "jobs")), expire)
+    return _MANAGER
+
+
+def in_job_process() -> bool:
+    """True inside a forked DiskcacheManager job (set by service.job_setup)."""
+    return os.environ.get("ATTNVIS_IN_JOB") == "1"

@@ -1,0 +1,49 @@
+"""Small building blocks shared by the views."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from dash import dcc, html
+
+from ..figures import empty_figure
+
+GRAPH_CONFIG = {"displaylogo": False,
+                "toImageButtonOptions": {"format": "svg", "filename": "attnvis", "scale": 1}}
+
+
+def graph(id_: str, height: int = 320, **kw) -> dcc.Graph:
+    return dcc.Graph(id=id_, figure=empty_figure("…", height=height), config=GRAPH_CONFIG,
+                     style={"minHeight": f"{height}px"}, **kw)
+
+
+def notice(text: str, kind: str = "info") -> html.Div:
+    return html.Div(text, className=f"notice notice-{kind}")
+
+
+def unavailable(what: str, reason: str | None = None) -> str:
+    return f"{what}: not available yet" + (f" ({reason})" if reason else "")
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "data-table") -> html.Table:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+    return html.Table([html.Thead(html.Tr([html.Th(c) for c in columns])),
+                       html.Tbody([html.Tr([html.Td(cell(v)) for v in r]) for r in rows])], className=cls)
+
+
+def section(title: str, *children, help_text: str | None = None) -> html.Section:
+    head = [html.H3(title)]
+    if help_text:
+        head.append(html.P(help_text, className="help"))
+    return html.Section(head + list(children), className="card")
+
+
+def controls(*children) -> html.Div:
+    return html.Div(list(children), className="controls")
+
+
+def labelled(label: str, component, width: str | None = None) -> html.Label:
+    style = {"width": width} if width else None
+    return html.Label([html.Span(label, className="ctl-label"), component], className="ctl", style=style)
