@@ -22,6 +22,12 @@ from visapp import callbacks  # noqa: E402,F401  (registers the callbacks on imp
 # callbacks as Celery tasks (with REDIS_URL) next to compute.tasks' corpus task.
 from compute.tasks import celery_app  # noqa: E402,F401
 
+# Dash builds its callback list on the first request and marks itself ready before it has finished, so
+# a request arriving meanwhile (a second browser request, another gunicorn thread) gets an empty
+# /_dash-dependencies and that page never runs a callback. Do the setup now, single-threaded.
+with server.test_client() as _client:
+    _client.get("/healthz")
+
 
 def main() -> None:
     host = os.environ.get("HOST", "127.0.0.1")

@@ -116,6 +116,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ATTNVIS_DEVICE", "cpu", _device,
             "Where models run: cpu, cuda, cuda:N, or auto (device_map='auto' through accelerate, for models "
             "larger than one GPU)."),
+    # the web app (visapp)
+    Setting("ATTNVIS_APP_FULL_MAP_MAX", "512", _int,
+            "The app keeps every head's full map (float16) for texts up to this many tokens; longer texts show "
+            "pooled maps whose blocks load at full resolution on click."),
+    Setting("ATTNVIS_TORCH_THREADS", "0", _int,
+            "Torch threads of each background analysis job (0 = all cores). The web process itself stays at "
+            "one thread: torch's OpenMP pool would hang the jobs it forks."),
     # processes
     Setting("WEB_CONCURRENCY", "2", _int, "Gunicorn worker processes (each holds its own model copies)."),
     Setting("GUNICORN_THREADS", "4", _int, "Threads per gunicorn worker (gthread)."),

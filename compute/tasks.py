@@ -1,9 +1,10 @@
 """Celery app for scale-out: corpus texts (and any analysis the app sends) run on worker processes.
 
 Broker and result backend are both REDIS_URL. Run a worker with
-    celery -A compute.tasks:celery_app worker --pool=solo --concurrency=1
-(one model copy per worker process; solo keeps the task in the main thread, where the hard time
-limit's alarm works).
+    celery -A app:celery_app worker --pool=solo --concurrency=1
+(the Procfile's line: importing app also registers the web app's background callbacks as tasks;
+`-A compute.tasks:celery_app` serves corpus runs only). One model copy per worker process; solo keeps
+the task in the main thread, where the hard time limit's alarm works.
 
 Delivery: acks_late + reject_on_worker_lost, so a task whose worker dies is not lost: Redis redelivers
 it after ATTNVIS_TASK_VISIBILITY_S. Idempotence: a task first looks for its text's result under a key
@@ -12,6 +13,7 @@ The submitter aggregates per text id, so a text delivered twice is still counted
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +61,7 @@ celery_app = make_celery()
 
 
 BEACON_PREFIX = "attnvis:worker:"
+BEACON_SET = "attnvis:workers"         # sorted set hostname -> last beat, so "any worker?" is one ZCOUNT
 BEACON_TTL_S = 15
 
 
@@ -72,7 +75,10 @@ def _beacon(hostname: str) -> None:
         while True:
             try:
                 r = r or _redis()
-                r.set(BEACON_PREFIX + hostname, str(os.getpid()), ex=BEACON_TTL_S)
+                now = time.time()
+                r.pipeline().set(BEACON_PREFIX + hostname, str(os.getpid()), ex=BEACON_TTL_S) \
+                    .zadd(BEACON_SET, {hostname: now}).zremrangebyscore(BEACON_SET, 0, now - BEACON_TTL_S) \
+                    .execute()
             except Exception:             # Redis restarting: try again at the next beat
                 r = None
             time.sleep(BEACON_TTL_S / 3)
@@ -85,7 +91,7 @@ def worker_alive(hostname: str, client=None) -> bool:
 
 
 def any_worker_alive(client=None) -> bool:
-    return next(iter((client or _redis()).scan_iter(BEACON_PREFIX + "*", count=100)), None) is not None
+    return (client or _redis()).zcount(BEACON_SET, time.time() - BEACON_TTL_S, "+inf") > 0
 
 
 @signals.worker_ready.connect
@@ -103,8 +109,14 @@ def text_key(run: str, text_id: str) -> str:
 
 
 def _redis(url: Optional[str] = None):
+    return _client(url or celery_app.conf.broker_url)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(url: str):
+    """One thread-safe client (connection pool) per URL and process."""
     import redis
-    return redis.Redis.from_url(url or celery_app.conf.broker_url, socket_connect_timeout=3, socket_timeout=30)
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=30)
 
 
 @celery_app.task(name="attnvis.corpus_text", bind=True, acks_late=True, reject_on_worker_lost=True,

@@ -69,7 +69,11 @@ class Redis:
         self.proc = subprocess.Popen([REDIS_BIN, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
                                       "--appendonly", "no", "--protected-mode", "yes", "--dir", str(workdir)],
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.wait_up()
+        try:
+            self.wait_up()
+        except BaseException:
+            stop(self.proc)
+            raise
 
     def client(self):
         import redis

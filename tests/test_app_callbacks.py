@@ -257,7 +257,8 @@ def test_long_text_uses_pooled_map_and_zoom_block(analysed, lm, monkeypatch):
     fig = cb.render_head(st, "max", None)[0]
     assert np.asarray(fig.data[0].z).shape[0] <= 128            # pooled, never n x n
     zr = cb.zoom_request({"points": [{"x": 300.0, "y": 300.0}]}, st)
-    assert zr["q1"] - zr["q0"] == min(service.ZOOM_SPAN, res.n_tokens) and zr["k0"] <= zr["q0"]
+    assert zr["q1"] - zr["q0"] == service.zoom_span(res.n_tokens) == min(256, res.n_tokens // 2)
+    assert zr["k0"] <= zr["q0"]
     zoom = cb.zoom_job(lambda m: None, zr)
     block = service.get_zoom(zoom["zk"])
     full = service.head_map(analysed["key"], 12, 4)
@@ -266,6 +267,37 @@ def test_long_text_uses_pooled_map_and_zoom_block(analysed, lm, monkeypatch):
     out = cb.render_head(st, "max", zoom)
     assert out[2] == {"display": "block"} and np.asarray(out[1].data[0].z).shape == block["z"].shape
     assert cb.render_head_graph(st, 0.1, zoom).data
+
+
+def test_variant_comparison_job_and_view(analysed):
+    """compute.variants on the cached analysis: fidelity table, loss bars, maps and a diverging
+    difference for the selected head (two variants, one layer, to stay fast)."""
+    from visapp import callbacks as cb
+    from visapp import service
+    if service.variants_available():
+        pytest.skip(service.variants_available())
+    key = analysed["key"]
+    st = state_for(key, "variants", head="10.3")
+    store, err = cb.compare_job(lambda p: None, 1, ["sinks:4+window:16"], "topk:8", "10", st)
+    assert err == "", err
+    cmp = service.get_comparison(store["ck"])
+    assert cmp.specs == ["sinks:4+window:16", "topk:8"] and cmp.result["layers"] == [10]
+    f_maps, f_diff, f_bars, tbl, note = cb.render_variants(st, cb.relay_compare(store))
+    assert [tr.xaxis for tr in f_maps.data] == ["x", "x2", "x3"]
+    assert f_diff.data[0].zmid == 0
+    assert len(f_bars.data) == 2 and "softmax" in str(f_bars.layout.annotations)
+    text = str(tbl)
+    assert "sinks:4+window:16" in text and "topk:8" in text
+    # window + sinks keeps a strict subset of the keys: retained mass < 1, top-k of a row likewise
+    v = cmp.result["variants"]["sinks:4+window:16"]
+    from visapp.views.variants import fidelity_at
+    kept, _ = fidelity_at(v, "retained", [10], 10, 3)
+    assert 0 < kept < 1
+    # bad input is an error in the page, not an exception
+    store, err = cb.compare_job(lambda p: None, 1, [], "window:-3", "", st)
+    assert store is cb.no_update and "window" in str(err)
+    store, err = cb.compare_job(lambda p: None, 1, ["elu"], "", "99", st)
+    assert "layer" in str(err)
 
 
 def test_flask_endpoints_serve_the_app(analysed):

@@ -30,7 +30,11 @@ class Web:
         self.base = f"http://{LOOPBACK}:{self.port}"
         self.glog = d / "gunicorn.log"
         self.web = gunicorn(self.env, self.port, self.glog, workers=2, threads=2)
-        wait_http(self.base + "/healthz", 120, self.web, self.glog)
+        try:
+            wait_http(self.base + "/healthz", 120, self.web, self.glog)
+        except BaseException:
+            stop(self.web)
+            raise
 
     def access(self):
         out = []

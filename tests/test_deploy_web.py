@@ -37,14 +37,18 @@ class Stack:
         self.env = base_env(REDIS_URL=self.redis.url, ATTNVIS_CACHE_DIR=shared_cache_dir(d), ATTNVIS_SERVER_MODE="1",
                             ATTNVIS_PRELOAD_MODELS="smollm2-135m")
         self.n_workers = 0
-        self.worker = None
-        self.start_worker()
-        self.port = free_port()
-        self.base = f"http://{LOOPBACK}:{self.port}"
-        self.glog = d / "gunicorn.log"
-        self.web = gunicorn(self.env, self.port, self.glog, workers=2, threads=2)
-        wait_http(self.base + "/healthz", 120, self.web, self.glog)
-        wait_log(self.wlog, " ready.", 240, self.worker)
+        self.worker = self.web = None
+        try:
+            self.start_worker()
+            self.port = free_port()
+            self.base = f"http://{LOOPBACK}:{self.port}"
+            self.glog = d / "gunicorn.log"
+            self.web = gunicorn(self.env, self.port, self.glog, workers=2, threads=2)
+            wait_http(self.base + "/healthz", 120, self.web, self.glog)
+            wait_log(self.wlog, " ready.", 240, self.worker)
+        except BaseException:
+            self.close()                 # nothing left running when the start fails
+            raise
 
     def start_worker(self):
         self.n_workers += 1

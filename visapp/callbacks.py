@@ -280,8 +280,7 @@ def render_head(state, pool_stat, zoom_store):
     l, h = urlstate.head_of(state)
     zoom = _zoom(zoom_store)
     rows = head.head_rows(res, state["a"], l, h, service, zoom)
-    full = rows[0] if rows[1:] == (0, 0) and rows[0] is not None and rows[0].shape == (res.n_tokens, res.n_tokens) \
-        else None
+    full = service.head_map(state["a"], l, h)            # None for long texts: the pooled map is shown
     fig, note = head.render_map(res, full, l, h, state["scale"], pool_stat or "max")
     zfig = head.render_zoom(res, zoom, l, h, state["scale"])
     zstyle = {"display": "block"} if zoom and zoom.get("head") == [l, h] else {"display": "none"}
@@ -320,7 +319,7 @@ def zoom_request(click, state):
     except (KeyError, TypeError, ValueError):
         raise PreventUpdate
     l, h = urlstate.head_of(state)
-    q0, q1, k0, k1 = zoom_window(cq, ck, res.n_tokens, service.ZOOM_SPAN, res.causal)
+    q0, q1, k0, k1 = zoom_window(cq, ck, res.n_tokens, service.zoom_span(res.n_tokens), res.causal)
     return {"a": state["a"], "head": [l, h], "q0": q0, "q1": q1, "k0": k0, "k1": k1}
 
 
@@ -457,7 +456,8 @@ callback(Output(ids.COMPARE_JOB, "data"), Output(ids.VR_ERROR, "children"),
          State(ids.VR_LAYERS, "value"), State(ids.STATE, "data"),
          background=True, manager=background_manager(), interval=500, prevent_initial_call=True,
          progress=[Output(ids.VR_PROGRESS, "value"), Output(ids.VR_PROGRESS_MSG, "children")],
-         running=[(Output(ids.VR_RUN, "disabled"), True, False), (Output(ids.VR_CANCEL, "disabled"), False, True)],
+         running=[(Output(ids.VR_RUN, "disabled"), True, False), (Output(ids.VR_CANCEL, "disabled"), False, True),
+                  (Output(ids.VR_PROGRESS_WRAP, "style"), {"display": "flex"}, {"display": "none"})],
          cancel=[Input(ids.VR_CANCEL, "n_clicks")])(compare_job)
 
 

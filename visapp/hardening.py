@@ -139,11 +139,16 @@ def diskcache_manager(cache, expire):
     class LostJobDiskcacheManager(DiskcacheManager):
         """A job is a forked process: dead without a result means lost."""
 
+        def terminate_job(self, job):
+            if job is not None:                             # a cancelled job is not a lost one
+                self.handle.set(f"attnvis-ended-{job}", 1, expire=3600)
+            return super().terminate_job(job)
+
         def get_result(self, key, job):
             result = super().get_result(key, job)
             if result is self.UNDEFINED and job is not None and not self.job_running(job):
                 result = super().get_result(key, job)        # it may have finished between the two looks
-                if result is self.UNDEFINED:
+                if result is self.UNDEFINED and self.handle.get(f"attnvis-ended-{job}") is None:
                     return _lost(LOST_JOB)
             return result
 
@@ -157,9 +162,20 @@ def celery_manager(celery_app, expire):
         """A started job whose worker has no liveness beacon (compute.tasks) is lost; a queued job with
         no worker alive at all will not start."""
 
+        def terminate_job(self, job):
+            if job:                                         # a cancelled job is not a lost one
+                try:
+                    self.handle.backend.set(f"attnvis-ended-{job}", "1")
+                    self.handle.backend.expire(f"attnvis-ended-{job}", 3600)
+                except Exception:
+                    pass
+            return super().terminate_job(job)
+
         def _why_lost(self, job):
             from compute.tasks import any_worker_alive, worker_alive
             try:
+                if self.handle.backend.get(f"attnvis-ended-{job}") is not None:
+                    return None
                 task = self.get_task(job)
                 state = task.status if task is not None else None
                 if state == "STARTED":
@@ -195,7 +211,7 @@ def celery_manager(celery_app, expire):
                         # so it is there now. (Dash would otherwise see 'not running, no result' and
                         # end the callback without ever showing the result.)
                         result = super().get_result(key, job)
-                        if result is self.UNDEFINED:
+                        if result is self.UNDEFINED and self.handle.backend.get(f"attnvis-ended-{job}") is None:
                             return _lost(LOST_JOB)
                         return result
                     why = self._why_lost(job)

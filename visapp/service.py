@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -57,11 +56,11 @@ class NotCached(UserError):
 def app_full_map_max() -> int:
     """Texts up to this many tokens keep every head's full map (float16 [L, H, N, N]); longer ones
     use pooled maps plus on-demand blocks. 512 keeps a 30 x 9 head model at ~140 MB per analysis."""
-    return int(os.environ.get("ATTNVIS_APP_FULL_MAP_MAX", "512"))
+    return csettings.get("ATTNVIS_APP_FULL_MAP_MAX")
 
 
 def job_threads() -> int:
-    return int(os.environ.get("ATTNVIS_TORCH_THREADS", "0")) or (os.cpu_count() or 1)
+    return csettings.get("ATTNVIS_TORCH_THREADS") or (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------- requests
@@ -73,7 +72,7 @@ class Request:
     model: str = DEFAULT_MODEL
     text: str = PRESETS[DEFAULT_PRESET]["text"]
     backend: str = "auto"
-    max_tokens: int = 2048
+    max_tokens: int = 8192
     sink_tokens: int = 4
     items: str = "auto"
     probes: tuple = ()
@@ -91,7 +90,7 @@ class Request:
         return d
 
 
-def make_request(model=None, text=None, backend="auto", max_tokens=2048, sink_tokens=4, items="auto",
+def make_request(model=None, text=None, backend="auto", max_tokens=8192, sink_tokens=4, items="auto",
                  probes=(), importance=False, generate=0) -> Request:
     """Validate the input panel's values (cheap checks only; the job checks the rest)."""
     from compute.limits import check_model_ref, check_text_size
@@ -126,7 +125,7 @@ def make_request(model=None, text=None, backend="auto", max_tokens=2048, sink_to
 
 
 def default_request() -> Request:
-    return Request(max_tokens=min(2048, csettings.get("ATTNVIS_MAX_TOKENS")))
+    return Request(max_tokens=csettings.get("ATTNVIS_MAX_TOKENS"))
 
 
 def list_models() -> list[dict]:
@@ -200,7 +199,6 @@ def warm_up(model: str = DEFAULT_MODEL, wait: bool = False) -> None:
 
 def job_setup() -> None:
     """Run first in every background job: full torch threads for the job's own forwards."""
-    os.environ["ATTNVIS_IN_JOB"] = "1"
     from compute.ondemand import set_torch_threads
     set_torch_threads(job_threads())
 
@@ -419,6 +417,12 @@ def head_map(key: str, layer: int, head: int) -> Optional[np.ndarray]:
 
 # ---------------------------------------------------------------- on-demand blocks (jobs)
 
+def zoom_span(n_tokens: int) -> int:
+    """Side of a zoom window: ZOOM_SPAN tokens, or half the text when that is shorter (a zoom that
+    showed the whole text would not be a zoom)."""
+    return int(min(ZOOM_SPAN, max(32, n_tokens // 2)))
+
+
 def zoom_key(key: str, layer: int, head: int, q0: int, k0: int, span: int) -> str:
     return f"{key}:zoom:{layer}.{head}:{q0}:{k0}:{span}"
 
@@ -453,9 +457,9 @@ def get_zoom(zk: str) -> Optional[dict]:
 def variants_available() -> Optional[str]:
     """None when compute.variants offers comparisons, else the reason."""
     try:
-        import compute.variants as v  # noqa: F401
+        import compute.variants as v
     except ImportError as exc:
-        return f"compute.variants is not available yet ({exc})"
+        return f"compute.variants is not available ({exc})"
     if not hasattr(v, "compare_variants"):
         return "compute.variants has no compare_variants yet"
     return None
@@ -464,37 +468,56 @@ def variants_available() -> Optional[str]:
 def split_specs(text: str) -> list[str]:
     """'topk:16, elu' -> ['topk:16', 'elu'] (compute.variants' grammar; InputError on bad specs)."""
     try:
-        from compute.variants.registry import split_specs as _split
+        from compute.variants import split_specs as _split
     except ImportError:
         return [s.strip() for s in text.replace(";", ",").split(",") if s.strip()]
     return _split(text)
 
 
+SHORT_TEXT_SPECS = ("sinks:4+window:16", "window:16", "topk:8")   # visible differences on short texts
+
+
 def variant_choices() -> list[dict]:
-    """[{spec, label}] for the picker (from the registry when it exists)."""
+    """[{spec, label}] for the picker: the registry's examples plus a few small-window specs."""
     try:
-        from compute.variants import catalogue
-        return [{"spec": c["example"], "label": f"{c['example']} — {c['description']}"} for c in catalogue()]
+        from compute.variants import list_variants
+        reg = [v for v in list_variants() if v["family"] != "reference"]
     except Exception:
-        return [{"spec": s, "label": s} for s in ("window:64", "sinks:4+window:64", "topk:32", "elu")]
+        return [{"spec": s, "label": s} for s in SHORT_TEXT_SPECS + ("elu",)]
+    out = [{"spec": s, "label": f"{s} (short texts)"} for s in SHORT_TEXT_SPECS]
+    out += [{"spec": v["example"], "label": f"{v['example']} — {v['description'][:70]}"} for v in reg]
+    return out
+
+
+DEFAULT_VARIANTS = ("sinks:4+window:16", "elu")
 
 
 @dataclass
 class Comparison:
-    specs: list
+    specs: list                                      # canonical spec strings, in the user's order
     layers: Optional[list]
-    result: dict = field(default_factory=dict)       # compute.variants' JSON-able result
-    maps: dict = field(default_factory=dict)         # (spec, layer, head) -> [N, N] float32 (short texts)
+    result: dict = field(default_factory=dict)       # compute.variants.compare_variants (JSON-able)
+    maps: dict = field(default_factory=dict)         # (spec | 'softmax', layer, head) -> [N, N] float32
 
 
 def comparison_key(key: str, specs: list[str], layers: Optional[list[int]]) -> str:
-    h = hashlib.sha1(json.dumps([specs, layers]).encode()).hexdigest()[:16]
+    h = hashlib.sha1(json.dumps([sorted(specs), layers]).encode()).hexdigest()[:16]
     return f"{key}:cmp:{h}"
+
+
+def canonical_specs(specs: list[str]) -> list[str]:
+    from compute.variants import parse_specs
+    out = []
+    for sp in parse_specs(list(specs)):
+        if sp.text not in out:
+            out.append(sp.text)
+    return out
 
 
 def run_comparison(key: str, specs: list[str], layers: Optional[list[int]], head: tuple[int, int],
                    progress: Optional[Progress] = None) -> str:
-    """Compare variants against softmax on the analysed text (runs in a job); returns its cache key."""
+    """Compare variants against softmax on the analysed text (runs in a job); caches the result and the
+    selected head's maps; returns the cache key."""
     reason = variants_available()
     if reason:
         raise UserError(reason)
@@ -506,20 +529,23 @@ def run_comparison(key: str, specs: list[str], layers: Optional[list[int]], head
         raise NotCached("the request of this analysis is no longer cached; analyse again")
     if not specs:
         raise InputError("pick at least one variant")
+    specs = canonical_specs(specs)
     ck = comparison_key(key, specs, layers)
     st = state.store()
     cmp = st.get(ck)
     lm = _load(req.model)
     if cmp is None:
-        out = variants.compare_variants(lm, res.text, specs, layers=layers,
+        out = variants.compare_variants(lm, res.text, specs, layers=layers, max_tokens=req.max_tokens,
                                         progress=_progress(progress, 0, 0.85))
-        cmp = Comparison(specs=list(specs), layers=layers, result=out)
-    if head not in {(l, h) for (_, l, h) in cmp.maps} and res.n_tokens <= app_full_map_max():
-        if hasattr(variants, "variant_maps"):
-            p = _progress(progress, 0.85, 1.0)
-            p(0.0, f"maps of head {head[0]}.{head[1]}")
-            for spec, z in variants.variant_maps(lm, res.text, specs, head[0], head[1]).items():
-                cmp.maps[(spec, head[0], head[1])] = np.asarray(z, np.float32)
+        cmp = Comparison(specs=specs, layers=list(out.get("layers") or []) or layers,
+                         result=variants.to_jsonable(out))
+    l, h = head
+    if ("softmax", l, h) not in cmp.maps and res.n_tokens <= app_full_map_max():
+        _progress(progress, 0.85, 1.0)(0.0, f"maps of head {l}.{h}")
+        m = variants.variant_maps(lm, res.text, specs, l, h)
+        cmp.maps[("softmax", l, h)] = np.asarray(m["softmax"], np.float32)
+        for spec, z in m["maps"].items():
+            cmp.maps[(spec, l, h)] = np.asarray(z, np.float32)
     st.set(ck, cmp)
     return ck
 

@@ -9,7 +9,6 @@ any web worker serves any result and jobs run on Celery workers (issue 8 wires a
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from compute import settings
@@ -78,8 +77,3 @@ def background_manager():
             from .hardening import diskcache_manager  # DiskcacheManager that reports killed jobs
             _MANAGER = diskcache_manager(diskcache.Cache(str(cache_dir() / "jobs")), expire)
     return _MANAGER
-
-
-def in_job_process() -> bool:
-    """True inside a forked DiskcacheManager job (set by service.job_setup)."""
-    return os.environ.get("ATTNVIS_IN_JOB") == "1"

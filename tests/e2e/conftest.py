@@ -113,15 +113,24 @@ def pytest_runtest_makereport(item, call):
 def app_page(page, request):
     """A page that records console errors and page errors; the test fails if any occurred. A failed
     test leaves a screenshot (artifacts/e2e/FAILED-<test>.png)."""
-    errors = []
+    errors, messages = [], []
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text[:500]}"))
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     page.set_default_timeout(60_000)
     yield page
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        shot(page, "FAILED-" + request.node.name.split("[")[0])
-        (ARTIFACTS / f"FAILED-{request.node.name.split('[')[0]}-server.log").write_text(dump_server())
+        name = "FAILED-" + request.node.name.split("[")[0]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        try:
+            resources = page.evaluate("performance.getEntriesByType('resource').map(e => "
+                                      "`${e.name.slice(0, 90)} ${Math.round(e.duration)} ms ${e.transferSize}`)")
+        except Exception as exc:  # the page may be gone
+            resources = [f"(no resource timings: {exc})"]
+        (ARTIFACTS / f"{name}-browser.log").write_text("\n".join(messages + ["--- resources"] + resources))
+        (ARTIFACTS / f"{name}-server.log").write_text(dump_server())
     assert errors == [], errors
 
 

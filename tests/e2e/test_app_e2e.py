@@ -127,6 +127,15 @@ def test_errors_show_in_the_page_and_results_stay(app_url, app_page):
     expect(page.locator("#error-box")).to_contain_text("the text is empty", timeout=ANALYSIS_S * 1000)
     assert run_info(page) == info
     assert page.locator("#ov-graph .scatterlayer .point").count() > 200
+    # a running analysis can be cancelled; nothing changes
+    page.click("#preset-code")
+    page.locator("#view-overview").wait_for()
+    page.click("#opt-importance input")
+    page.click("#analyze-btn")
+    expect(page.locator("#cancel-btn")).to_be_enabled(timeout=30_000)
+    page.click("#cancel-btn")
+    expect(page.locator("#progress-wrap")).to_be_hidden(timeout=30_000)
+    assert run_info(page) == info
     page.fill("#model-path", "/nonexistent/model-folder")
     page.fill("#text-input", "Hello there.")
     page.click("#analyze-btn")
@@ -158,6 +167,7 @@ def test_variant_comparison(app_url, app_page):
     page.goto(app_url)
     wait_overview(page)
     open_view(page, "variants")
+    page.fill("#vr-layers", "3,20")
     page.click("#vr-run")
     expect(page.locator("#vr-table table")).to_be_visible(timeout=ANALYSIS_S * 1000)
     drawn(page, "vr-maps", ".hm image")

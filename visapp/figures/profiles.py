@@ -37,7 +37,7 @@ def query_profile(series: Mapping[str, np.ndarray], tokens: Sequence[str], *, yl
                            hovertemplate=f"%{{customdata}}<br>{name} = %{{y:.3f}}<extra></extra>"))
     layout = dict(title=dict(text=title), height=height, xaxis=dict(title=dict(text="query position")),
                   yaxis=dict(title=dict(text=ylabel)), hovermode="x unified" if len(series) > 1 else "closest",
-                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"),
                   shapes=[_vline(i) for i in (marks or ())])
     return make_figure(traces, layout, template)
 
@@ -63,7 +63,7 @@ def received_bars(received: np.ndarray, tokens: Sequence[str], *, sinks: Sequenc
                   arrowhead=0, ay=-22, font=dict(size=11, color=SINK_COLOUR)) for i in idx[:12]]
     layout = dict(title=dict(text=title), height=height, bargap=0.05, xaxis=dict(title=dict(text="key position")),
                   yaxis=dict(title=dict(text="mean attention received"), type="log" if log_y else "linear"),
-                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0), annotations=notes)
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"), annotations=notes)
     return make_figure(traces, layout, template)
 
 
@@ -115,7 +115,8 @@ def basin_curves(per_layer: np.ndarray, *, item_names: Sequence[str], aggregate:
                            hovertemplate="all layers<br>%{customdata}<br>mass = %{y:.4f}<extra></extra>"))
     layout = dict(title=dict(text=title), height=height, yaxis=dict(title=dict(text=ylabel)),
                   xaxis=dict(title=dict(text="item (in order of appearance)"), tickmode="array",
-                             tickvals=x.tolist(), ticktext=list(item_names)),
+                             tickvals=x.tolist(), ticktext=list(item_names), tickangle=-25 if n > 4 else 0,
+                             range=[-0.3, n - 0.7]),
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
     return make_figure(traces, layout, template)
 

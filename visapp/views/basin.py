@@ -51,6 +51,11 @@ def highlighted_text(text: str, items: list[dict]) -> list:
     return out
 
 
+def _short(label: str, n: int = 14) -> str:
+    label = " ".join(label.split())
+    return label if len(label) <= n else label[:n - 1] + "…"
+
+
 def render(res, important: list, service, template: str = SCREEN):
     """(summary, text spans, U-shape figure, checklist options, order block)."""
     b = res.extras.get("basin")
@@ -59,7 +64,7 @@ def render(res, important: list, service, template: str = SCREEN):
         msg = notice(f"basin: not available ({why}). Try the 'Documents + question' example.")
         return msg, "", empty_figure("no items", template), [], ""
     items = b["items"]
-    names = [f"{it['index']}: {it['label'][:18]}" for it in items]
+    names = [f"{it['index']}: {_short(it['label'])}" for it in items]
     fig = basin_curves(np.asarray(b["per_layer"], float), item_names=names,
                        aggregate=np.asarray(b["mass"], float), template=template)
     q = b.get("query") or {}

@@ -8,8 +8,9 @@ import numpy as np
 from dash import dcc, html
 
 from .. import ids
-from ..figures import difference_map, empty_figure, grouped_bars, maps_side_by_side, token_labels
+from ..figures import difference_map, empty_figure, maps_side_by_side, token_labels
 from ..templates import SCREEN
+from ..service import DEFAULT_VARIANTS
 from .common import controls, graph, labelled, notice, section, table
 
 FIDELITY_COLUMNS = ("kl", "js", "out_rel_l2", "retained", "entropy_shift", "sink_shift", "topk_overlap", "spearman")
@@ -19,10 +20,11 @@ def layout(choices: list[dict]) -> html.Div:
     return html.Div([
         section("Compare attention variants",
                 controls(
-                    labelled("Variants", dcc.Dropdown(id=ids.VR_SPECS, multi=True, style={"minWidth": "380px"},
+                    labelled("Variants", dcc.Dropdown(id=ids.VR_SPECS, multi=True, style={"minWidth": "420px"},
                                                       options=[{"label": c["label"], "value": c["spec"]}
                                                                for c in choices],
-                                                      value=[c["spec"] for c in choices[:2]])),
+                                                      value=[c["spec"] for c in choices
+                                                             if c["spec"] in DEFAULT_VARIANTS])),
                     labelled("More specs", dcc.Input(id=ids.VR_CUSTOM, type="text", placeholder="e.g. topk:16, elu",
                                                      debounce=True, style={"width": "180px"})),
                     labelled("Layers", dcc.Input(id=ids.VR_LAYERS, type="text", placeholder="all (or 0,5,10)",
@@ -30,7 +32,8 @@ def layout(choices: list[dict]) -> html.Div:
                     html.Button("Compare", id=ids.VR_RUN, className="btn"),
                     html.Button("Cancel", id=ids.VR_CANCEL, className="btn btn-secondary", disabled=True)),
                 html.Div([html.Progress(id=ids.VR_PROGRESS, max="100", value="0"),
-                          html.Span(id=ids.VR_PROGRESS_MSG, className="progress-msg")], className="progress-row"),
+                          html.Span(id=ids.VR_PROGRESS_MSG, className="progress-msg")], className="progress-row",
+                         id=ids.VR_PROGRESS_WRAP, style={"display": "none"}),
                 html.Div(id=ids.VR_ERROR, role="alert"),
                 html.Div(id=ids.VR_NOTE),
                 help_text="Each variant replaces softmax on the same captured q/k/v; maps are for the selected "
@@ -63,80 +66,107 @@ def parse_layers(text: Optional[str], n_layers: int) -> Optional[list[int]]:
     return sorted(out)
 
 
-def _variant_rows(result: dict) -> list[dict]:
-    return list(result.get("variants") or [])
-
-
-def _head_value(v: dict, metric: str, l: int, h: int):
-    per = (v.get("fidelity") or v.get("heads") or {}).get(metric)
-    if per is None:
+def fidelity_at(v: dict, metric: str, layers: list, l: int, h: int):
+    """(value at head l.h, mean over the measured heads) of one fidelity metric; None when missing.
+    Fidelity arrays are [len(layers), H] over the measured layers only."""
+    arr = (v.get("fidelity") or {}).get(metric)
+    if arr is None:
         return None, None
-    arr = np.asarray([[np.nan if x is None else x for x in row] for row in per], float) if isinstance(per, list) \
-        else np.asarray(per, float)
-    if arr.ndim != 2:
-        return None, None
-    val = arr[l, h] if l < arr.shape[0] and h < arr.shape[1] else np.nan
-    return (None if not np.isfinite(val) else float(val)), float(np.nanmean(arr)) if np.isfinite(arr).any() else None
+    a = np.asarray([[np.nan if x is None else x for x in row] for row in arr], float)
+    mean = (v.get("fidelity_mean") or {}).get(metric)
+    if a.ndim != 2 or l not in layers or h >= a.shape[1]:
+        return None, mean
+    val = a[layers.index(l), h]
+    return (float(val) if np.isfinite(val) else None), mean
 
 
 def render(res, cmp, softmax_map: Optional[np.ndarray], selected, template: str = SCREEN):
-    """(maps figure, diff figure, bars figure, table, note)."""
+    """(maps figure, diff figure, bars figure, table, note) of a compute.variants comparison."""
     l, h = selected
-    empty = empty_figure("press Compare", template)
     if cmp is None:
-        return empty, empty, empty, "", ""
+        e = empty_figure("choose variants and press Compare", template)
+        return e, e, e, "", ""
     result = cmp.result
-    rows = _variant_rows(result)
-    names = [v.get("spec") or v.get("name") for v in rows]
-    # maps
-    maps = {"softmax": softmax_map} if softmax_map is not None else {}
-    for spec in cmp.specs:
-        z = cmp.maps.get((spec, l, h))
-        if z is not None:
-            maps[spec] = z
-    note = ""
-    if softmax_map is None:
-        f_maps = f_diff = empty_figure("long text: maps are shown for texts up to the full-map limit", template)
-    elif len(maps) < 2:
-        f_maps = empty_figure(f"variant maps of head {l}.{h}: press Compare to compute them", template)
-        f_diff = empty_figure("", template)
-    else:
-        labels = token_labels(res.tokens)
+    vs = result.get("variants") or {}
+    names = [s for s in cmp.specs if s in vs] or list(vs)
+    layers = list(result.get("layers") or cmp.layers or range(res.n_layers))
+    notes = []
+    # maps of the selected head (softmax and each variant on the same captured q/k/v)
+    maps = {}
+    if cmp.maps.get(("softmax", l, h)) is not None:
+        maps["softmax"] = cmp.maps[("softmax", l, h)]
+        for spec in names:
+            if cmp.maps.get((spec, l, h)) is not None:
+                maps[spec] = cmp.maps[(spec, l, h)]
+    labels = token_labels(res.tokens)
+    if len(maps) >= 2 and all(np.shape(z) == (res.n_tokens, res.n_tokens) for z in maps.values()):
         f_maps = maps_side_by_side(maps, labels, causal=res.causal, template=template,
                                    title=f"layer {l} head {h}")
         first = [k for k in maps if k != "softmax"][0]
         f_diff = difference_map(maps[first], maps["softmax"], labels, causal=res.causal, name_a=first,
                                 template=template)
-    base = (result.get("baseline") or {}).get("loss", result.get("baseline_loss"))
-    series = {"loss": [v.get("loss") for v in rows], "top-1 agreement": [v.get("top1_agreement") for v in rows]}
-    if any(x is not None for x in series["loss"]):
-        f_bars = grouped_bars(names, {"loss": series["loss"]}, ylabel="next-token loss (nats)", baseline=base,
-                              template=template, title="loss with the variant swapped in")
-        agree = [a for a in series["top-1 agreement"] if a is not None]
-        if agree:
-            from plotly.subplots import make_subplots
-            import plotly.graph_objects as go
-            f2 = make_subplots(rows=1, cols=2, subplot_titles=("next-token loss", "top-1 agreement with softmax"))
-            for tr in f_bars.data:
-                f2.add_trace(tr, 1, 1)
-            f2.add_trace(go.Bar(x=names, y=series["top-1 agreement"], marker_color="#009E73",
-                                name="top-1 agreement",
-                                hovertemplate="%{x}<br>agreement %{y:.3f}<extra></extra>"), 1, 2)
-            if base is not None:
-                f2.add_hline(y=base, line=dict(color="#000", dash="dash"), row=1, col=1,
-                             annotation_text=f"softmax {base:.3f}")
-            f2.update_yaxes(range=[0, 1.02], row=1, col=2)
-            f2.update_layout(template=template, height=420, showlegend=False)
-            f_bars = f2
     else:
-        f_bars = empty_figure("end-to-end loss: not available (encoders have no masked-LM head here)", template)
-        note = notice((result.get("loss_unavailable") or "no end-to-end loss for this model"))
-    trows = []
-    for v, name in zip(rows, names):
-        r = [name]
+        why = (f"maps of head {l}.{h} are not computed: press Compare again with this head selected"
+               if res.n_tokens <= 2048 else "maps are drawn for texts up to the full-map limit")
+        f_maps = empty_figure(why, template)
+        f_diff = empty_figure("", template)
+    # end to end
+    base = result.get("baseline") or {}
+    e2e = [vs[n].get("e2e") or {} for n in names]
+    loss = [e.get("loss") for e in e2e]
+    agree = [e.get("top1_agreement") for e in e2e]
+    if any(x is not None for x in loss):
+        f_bars = _e2e_bars(names, loss, agree, base.get("loss"), template)
+    else:
+        why = base.get("loss_unavailable") or next((e.get("loss_unavailable") for e in e2e if e.get("loss_unavailable")),
+                                                    "no end-to-end loss for this model")
+        f_bars = empty_figure(f"end-to-end loss: not available ({why})", template)
+        notes.append(notice(f"end-to-end loss: not available ({why})"))
+    # fidelity table
+    rows = []
+    for n in names:
+        r = [n]
         for m in FIDELITY_COLUMNS:
-            hv, mv = _head_value(v, m, l, h)
-            r.append("" if hv is None else f"{hv:.4g}" + ("" if mv is None else f" ({mv:.3g})"))
-        trows.append(r)
-    tbl = table(["variant"] + list(FIDELITY_COLUMNS), trows) if trows else notice("no fidelity numbers")
-    return f_maps, f_diff, f_bars, tbl, note
+            hv, mv = fidelity_at(vs[n], m, layers, l, h)
+            r.append("" if hv is None and mv is None else
+                     ("–" if hv is None else f"{hv:.4g}") + ("" if mv is None else f" ({mv:.3g})"))
+        e = vs[n].get("e2e") or {}
+        r += [e.get("loss"), e.get("top1_agreement")]
+        rows.append(r)
+    tbl = html.Div([
+        html.P(f"head {l}.{h} (mean over the heads of layers {_layers_text(layers, res.n_layers)} in "
+               "brackets); KL/JS in nats; retained = softmax mass the variant keeps.", className="help"),
+        table(["variant"] + list(FIDELITY_COLUMNS) + ["loss", "top-1 agr."], rows)]) if rows \
+        else notice("no fidelity numbers")
+    if base.get("loss") is not None:
+        notes.append(html.P(f"softmax loss {base['loss']:.4f} (perplexity {base.get('perplexity', 0):.2f})",
+                            className="help"))
+    return f_maps, f_diff, f_bars, tbl, html.Div(notes)
+
+
+def _layers_text(layers: list, n_layers: int) -> str:
+    return "all" if list(layers) == list(range(n_layers)) else ", ".join(map(str, layers))
+
+
+def _e2e_bars(names, loss, agree, base_loss, template):
+    """Two panels: loss with the variant swapped in (softmax baseline dashed) and top-1 agreement."""
+    from ..figures.common import make_figure
+    traces = [dict(type="bar", x=list(names), y=np.array([np.nan if v is None else v for v in loss], float),
+                   name="loss", marker=dict(color="#0072B2"), xaxis="x", yaxis="y",
+                   hovertemplate="%{x}<br>loss %{y:.4f}<extra></extra>"),
+              dict(type="bar", x=list(names), y=np.array([np.nan if v is None else v for v in agree], float),
+                   name="top-1 agreement", marker=dict(color="#009E73"), xaxis="x2", yaxis="y2",
+                   hovertemplate="%{x}<br>agreement %{y:.3f}<extra></extra>")]
+    shapes, notes = [], [dict(text="loss (nats)", x=0.22, y=1.0, xref="paper", yref="paper",
+                              showarrow=False, yanchor="bottom"),
+                         dict(text="top-1 agreement", x=0.78, y=1.0, xref="paper", yref="paper",
+                              showarrow=False, yanchor="bottom")]
+    if base_loss is not None:
+        shapes.append(dict(type="line", x0=0, x1=0.44, xref="paper", y0=base_loss, y1=base_loss, yref="y",
+                           line=dict(color="#000", dash="dash", width=1.5)))
+        notes.append(dict(text=f"softmax {base_loss:.3f}", x=0, xref="paper", y=base_loss, yref="y",
+                          showarrow=False, xanchor="left", yanchor="bottom"))
+    layout = dict(height=420, showlegend=False, shapes=shapes, annotations=notes,
+                  xaxis=dict(domain=[0, 0.44]), xaxis2=dict(domain=[0.56, 1]),
+                  yaxis=dict(title=dict(text="loss")), yaxis2=dict(anchor="x2", range=[0, 1.02]))
+    return make_figure(traces, layout, template)
