@@ -28,7 +28,7 @@ class Generation:
 def generate_text(lm, prompt: str, max_new_tokens: int = 32, max_tokens: int = 8192) -> Generation:
     """Greedy decoding (deterministic) of up to max_new_tokens tokens after the prompt."""
     if not lm.info.causal:
-        raise UserError(f"{lm.info.name} is an encoder ({lm.info.kind}): it does not generate text; "
+        raise UserError(f"{lm.info.name} is an encoder (bidirectional) model: it does not generate text; "
                         "pick a causal language model")
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise InputError(f"tokens to generate must be between 1 and {MAX_NEW_TOKENS}")

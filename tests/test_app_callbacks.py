@@ -300,6 +300,25 @@ def test_variant_comparison_job_and_view(analysed):
     assert "layer" in str(err)
 
 
+def test_generated_continuation_is_greedy_and_inspectable(env, lm):
+    """Generate 6 tokens, analyse prompt + continuation: every generated token is the model's own top-1
+    prediction at the position before it (greedy decoding), and the generate view shows their rows."""
+    from visapp import callbacks as cb
+    from visapp import service
+    prompt = "The capital of France is"
+    done, err = cb.analysis_job(lambda p: None, None, 1, None, "smollm2-135m", "", prompt, "auto", 512, 4, "none",
+                                [], [], 6, trigger="gn-run")
+    assert err == "", err
+    res = service.get_result(done["key"])
+    gen = res.extras["generation"]
+    assert res.text.startswith(prompt) and 1 <= gen["new_tokens"] <= 6
+    p = gen["prompt_tokens"]
+    assert res.token_ids[:p] == lm.tokenizer(prompt)["input_ids"]
+    assert list(res.token_top1[p - 1:]) == res.token_ids[p:]
+    text, fig, tbl = cb.render_generate(state_for(done["key"], "generate", head="9.1"))
+    assert "generated" in str(text) and np.asarray(fig.data[0].z).shape == (res.n_tokens - p, res.n_tokens)
+
+
 def test_flask_endpoints_serve_the_app(analysed):
     import json
     import app

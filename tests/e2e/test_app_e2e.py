@@ -127,12 +127,16 @@ def test_errors_show_in_the_page_and_results_stay(app_url, app_page):
     expect(page.locator("#error-box")).to_contain_text("the text is empty", timeout=ANALYSIS_S * 1000)
     assert run_info(page) == info
     assert page.locator("#ov-graph .scatterlayer .point").count() > 200
-    # a running analysis can be cancelled; nothing changes
-    page.click("#preset-code")
-    page.locator("#view-overview").wait_for()
-    page.click("#opt-importance input")
+    # a running analysis can be cancelled; nothing changes (a long text with probes: minutes of work)
+    page.click("#preset-basin")
+    long_text = page.locator("#text-input").input_value()
+    page.fill("#text-input", "\n\n".join([long_text] * 6))
+    page.click(".options summary")                      # the options panel starts folded
+    page.click("#opt-probes input[value=induction]")
+    page.click("#opt-probes input[value=retrieval]")
     page.click("#analyze-btn")
     expect(page.locator("#cancel-btn")).to_be_enabled(timeout=30_000)
+    expect(page.locator("#progress-msg")).not_to_be_empty(timeout=30_000)
     page.click("#cancel-btn")
     expect(page.locator("#progress-wrap")).to_be_hidden(timeout=30_000)
     assert run_info(page) == info

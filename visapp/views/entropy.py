@@ -1,6 +1,8 @@
 """Entropy: layers x heads normalised-entropy map with collapse flags, entropy by position."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from dash import html
 
@@ -30,7 +32,8 @@ def render(res, summ: dict, selected, template: str = SCREEN):
     f_map = layer_head_map(enm, label="norm. entropy", selected=selected, zmin=0, zmax=1, colorscale=SEQUENTIAL,
                            flags=collapsed, flag_name="collapsed", template=template)
     per_q = summ["entropy_norm"]
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():             # rows with < 2 visible keys are NaN by definition
+        warnings.simplefilter("ignore", RuntimeWarning)
         series = {f"head {l}.{h}": per_q[l, h],
                   f"layer {l} mean": np.nanmean(per_q[l], 0),
                   "all heads": np.asarray(en["query_profile"], float) if en and en.get("query_profile") is not None
