@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ATTNVIS_MAX_TOKENS", "8192", _int, "Longest text, in tokens, an analysis accepts."),
     Setting("ATTNVIS_MAX_TEXT_CHARS", "200000", _int,
             "Longest text, in characters, accepted before tokenising (guards the tokenizer against megabytes)."),
-    Setting("ATTNVIS_TIME_LIMIT_S", "300", _float,
+    Setting("ATTNVIS_TIME_LIMIT_S", "600", _float,
             "Time limit of one analysis in seconds: checked after every layer, and enforced by an alarm in "
             "the worker (0 = none)."),
     Setting("ATTNVIS_MEMORY_LIMIT_MB", "0", _int,
@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated models a Celery worker loads when it starts, so its first task is not slow."),
     Setting("ATTNVIS_TASK_RETRIES", "3", _int,
             "How often a Celery task whose worker died or failed transiently is retried."),
-    Setting("ATTNVIS_TASK_VISIBILITY_S", "900", _int,
+    Setting("ATTNVIS_TASK_VISIBILITY_S", "1200", _int,
             "Redis broker visibility timeout: a task whose worker died unacknowledged is redelivered after "
             "this many seconds. Keep it above ATTNVIS_TIME_LIMIT_S."),
 )
