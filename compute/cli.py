@@ -29,6 +29,30 @@ def read_text_file(path: str) -> str:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
+class ProgressBar:
+    """A percentage bar on stderr, called as progress(fraction, message); silent when quiet."""
+
+    def __init__(self, desc: str, quiet: bool = False):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=100, desc=desc, unit="%", file=sys.stderr, leave=False, mininterval=0.5)
+
+    def __call__(self, frac: float, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.n = int(100 * frac)
+            self.bar.set_postfix_str(msg[:60])
+            self.bar.refresh()
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
 def add_model_args(p: argparse.ArgumentParser, corpus: bool = False) -> None:
     from .models import DEFAULT_MODEL, REGISTRY
     p.add_argument("--model", default=DEFAULT_MODEL,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import add_model_args, get_text, load_for_cli
+from .cli import ProgressBar, add_model_args, get_text, load_for_cli
 
 
 def register(sub) -> None:
@@ -57,25 +57,11 @@ def run(args) -> int:
     opts.validate()
     settings = settings_from_args(args, text) if args.analysis else None
     lm = load_for_cli(args)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=100, desc="analyze", unit="%", file=sys.stderr, leave=False, mininterval=0.5)
-
-    def progress(frac: float, msg: str) -> None:
-        if bar is not None:
-            bar.n = int(100 * frac)
-            bar.set_postfix_str(msg)
-            bar.refresh()
-
-    try:
+    with ProgressBar("analyze", args.quiet) as progress:
         res = analyze_text(lm, text, opts, progress=lambda f, m: progress(0.5 * f if settings else f, m))
         if settings is not None:
             from .analysis import attach, run_analysis
             attach(res, run_analysis(lm, res, settings, progress=lambda f, m: progress(0.5 + 0.5 * f, m)))
-    finally:
-        if bar is not None:
-            bar.close()
     res.save(args.out, build_report(res))
     print(f"wrote {args.out}/report.json and stats.npz ({res.n_tokens} tokens, {res.n_layers}x{res.n_heads} heads, "
           f"backend {res.backend}, {res.timings['total_s']:.1f} s)", file=sys.stderr)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import add_model_args, get_text, load_for_cli
+from .cli import ProgressBar, add_model_args, get_text, load_for_cli
 from .errors import InputError
 
 
@@ -77,24 +77,10 @@ def run(args) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     text = validate_text(get_text(args))
     lm = load_for_cli(args)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=100, desc="compare", unit="%", file=sys.stderr, leave=False, mininterval=0.5)
-
-    def progress(frac: float, msg: str) -> None:
-        if bar is not None:
-            bar.n = int(100 * frac)
-            bar.set_postfix_str(msg[:60])
-            bar.refresh()
-
     opts = FidelityOptions(overlap_k=args.overlap_k, pair_rows_max=args.pair_rows_max, row_sample=args.row_sample)
-    try:
+    with ProgressBar("compare", args.quiet) as progress:
         res = compare_variants(lm, text, specs, layers=layers, heads=heads, e2e=not args.no_e2e,
                                max_tokens=args.max_tokens, options=opts, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(to_jsonable(res), allow_nan=False))
