@@ -316,24 +316,26 @@ def test_bundle_has_every_available_figure_with_data_and_caption(key, tmp_path):
 
 
 def test_variant_figures_export_per_variant_tables(key):
-    """compute.variants has no compare_variants yet, so this feeds the variants view a comparison built
-    here from the real softmax map (a sliding window of 4, renormalised): it checks the export
-    plumbing (tables per panel, the difference's numbers), not the variants themselves."""
+    """A real comparison (the app's run_comparison: sliding window of 4 on layer 3, 14 tokens): the
+    export tables per panel carry the comparison's own maps, their difference and its e2e numbers."""
     from visapp import export, figure_registry as reg, service
+    ck = service.run_comparison(key, ["window:4"], [3], (3, 4))
+    cmp = service.get_comparison(ck)
+    spec = cmp.specs[0]
+    soft, win = cmp.maps[("softmax", 3, 4)], cmp.maps[(spec, 3, 4)]
     full = service.head_map(key, 3, 4)
     n = full.shape[0]
-    win = np.where(np.tri(n, k=0) - np.tri(n, k=-4) > 0, full, 0.0)
-    win = (win / win.sum(1, keepdims=True)).astype(np.float32)
-    cmp = service.Comparison(specs=["window:4"], layers=None, maps={("window:4", 3, 4): win}, result={
-        "baseline": {"loss": 3.0}, "variants": [{"spec": "window:4", "loss": 3.5, "top1_agreement": 0.8}]})
+    np.testing.assert_allclose(soft, full, atol=2e-3)        # same head as the analysis (stored as fp16)
+    assert np.all(win[np.tri(n, k=-4, dtype=bool)] == 0)      # the window really dropped far keys
     ctx = reg.make_context(key, reg.ViewSettings(head=(3, 4)), comparison=cmp)
     maps = export.tables_of(ctx, reg.spec("variants", "maps"))
-    assert list(maps) == ["softmax", "window_4"]
+    assert len(maps) == 2 and list(maps)[0] == "softmax" and list(maps)[1].startswith("window")
     diff = export.tables_of(ctx, reg.spec("variants", "diff"))["matrix"]
     d = np.array([[np.nan if v is None else v for v in r[1:]] for r in diff.rows], float)
-    np.testing.assert_allclose(d, np.where(np.tri(n, dtype=bool), win - full, np.nan), atol=1e-6)
+    np.testing.assert_allclose(d, np.where(np.tri(n, dtype=bool), win - soft, np.nan), atol=1e-6)
     bars = export.tables_of(ctx, reg.spec("variants", "bars"))["data"]
-    assert bars.rows == [["window:4", 3.5, 0.8]]
+    e2e = cmp.result["variants"][spec]["e2e"]
+    assert bars.rows == [[spec, pytest.approx(e2e["loss"]), pytest.approx(e2e["top1_agreement"])]]
     pdf = export.export_figure(ctx, reg.spec("variants", "maps"), export.ExportOptions(width="double")).content
     assert pdf.startswith(b"%PDF")
     no_cmp = reg.make_context(key, reg.ViewSettings(head=(3, 4)))

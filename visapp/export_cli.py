@@ -29,7 +29,7 @@ FIGURE_HELP = ("overview | head:L.H | sinks | basin | entropy | graph | variants
 
 def parser() -> argparse.ArgumentParser:
     from .export import DPI_RANGE, FONTS, WIDTHS
-    from .service import BACKENDS, DEFAULT_MODEL, ITEMS
+    from .service import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ITEMS
 
     p = argparse.ArgumentParser(prog="python -m visapp.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--important", default="", help="basin items marked important, e.g. 1,3")
     a = p.add_argument_group("analysis (the app's input panel)")
     a.add_argument("--backend", default="auto", choices=BACKENDS)
-    a.add_argument("--max-tokens", type=int, default=2048)
+    a.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="refuse longer texts (default %(default)s, as in the app)")
     a.add_argument("--sink-tokens", type=int, default=4)
     a.add_argument("--items", default="auto", choices=ITEMS)
     a.add_argument("--probes", default="", help="comma list: induction, retrieval")

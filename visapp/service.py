@@ -45,6 +45,7 @@ DEFAULT_MODEL = "smollm2-135m"
 BACKENDS = ("auto", "torch", "triton")
 ITEMS = ("none", "auto")
 PROBES = ("induction", "retrieval")
+DEFAULT_MAX_TOKENS = 8192       # the input panel's and the export CLI's default (part of the cache key)
 ZOOM_SPAN = 256                  # full-resolution window of long texts: ZOOM_SPAN x ZOOM_SPAN cells
 Progress = Callable[[float, str], None]
 
@@ -72,7 +73,7 @@ class Request:
     model: str = DEFAULT_MODEL
     text: str = PRESETS[DEFAULT_PRESET]["text"]
     backend: str = "auto"
-    max_tokens: int = 8192
+    max_tokens: int = DEFAULT_MAX_TOKENS
     sink_tokens: int = 4
     items: str = "auto"
     probes: tuple = ()
@@ -90,7 +91,7 @@ class Request:
         return d
 
 
-def make_request(model=None, text=None, backend="auto", max_tokens=8192, sink_tokens=4, items="auto",
+def make_request(model=None, text=None, backend="auto", max_tokens=DEFAULT_MAX_TOKENS, sink_tokens=4, items="auto",
                  probes=(), importance=False, generate=0) -> Request:
     """Validate the input panel's values (cheap checks only; the job checks the rest)."""
     from compute.limits import check_model_ref, check_text_size
