@@ -15,7 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
+# The fused CPU row kernel (kernels/cpu_rowstats.cpp) is compiled once (~1 min) into
+# TORCH_EXTENSIONS_DIR; later runs only check it. Without g++ the torch ops are used instead.
 setup: $(VENV)/.installed
+	$(VPY) -c "from kernels.cpu_rowstats import report; print(report())"
 
 # Debian packages the UI and scale-out tests use (chromium, redis); needs root, skipped otherwise.
 setup-system:

@@ -10,6 +10,7 @@ import torch
 
 from kernels import StatsConfig, resolve_backend
 from kernels.backend import BackendUnavailable
+from kernels.torch_stats import logsumexp_argmax
 
 from .capture import CaptureSession, check_cancel
 from .errors import InputError, UserError
@@ -114,8 +115,11 @@ def next_token_loss(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor, ch
     with torch.no_grad():
         for a in range(0, h.shape[0], chunk):
             logits = head(h[a:a + chunk]).float()
-            nll.append(torch.nn.functional.cross_entropy(logits, tgt[a:a + chunk], reduction="none"))
-            top1.append(logits.argmax(-1))
+            t = tgt[a:a + chunk]
+            target_logit = logits.gather(-1, t[:, None]).squeeze(-1)
+            lse, best = logsumexp_argmax(logits)                     # overwrites logits
+            nll.append(lse - target_logit)                           # = cross_entropy(logits, t)
+            top1.append(best)
     return torch.cat(nll).cpu().numpy(), torch.cat(top1).cpu().numpy()
 
 

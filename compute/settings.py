@@ -123,6 +123,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ATTNVIS_TORCH_THREADS", "0", _int,
             "Torch threads of each background analysis job (0 = all cores). The web process itself stays at "
             "one thread: torch's OpenMP pool would hang the jobs it forks."),
+    Setting("ATTNVIS_CPU_FUSED", "1", _bool,
+            "Use the fused C++ row kernel (kernels/cpu_rowstats.cpp, built by `make setup`) for CPU statistics; "
+            "0 forces the pure-torch ops, which give the same numbers more slowly. Read by kernels/ directly."),
     # processes
     Setting("WEB_CONCURRENCY", "2", _int, "Gunicorn worker processes (each holds its own model copies)."),
     Setting("GUNICORN_THREADS", "4", _int, "Threads per gunicorn worker (gthread)."),

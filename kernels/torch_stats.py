@@ -11,17 +11,27 @@ from typing import Optional
 
 import torch
 
+from .cpu_rowstats import row_kernel
 from .positions import key_validity, positions, query_positions, query_validity
 from .stats_types import AttentionStats, StatsConfig, VariantMask, dist_bin_edges
 
 NEG = -1.0e30          # finite mask value: exp underflows to 0 and 0 * NEG stays 0 (no NaN)
 
 
+CHUNK_BYTES = 8 << 20  # one fp32 score buffer of a chunk: small enough that its ~10 passes run from cache
+MIN_ROWS = 32          # fewer rows per chunk cost more in per-op overhead than they save in cache misses
+
+
 def rows_per_chunk(b: int, h: int, nk: int, pool: int, budget_mb: int, n_buffers: int = 2) -> int:
-    """Query rows per chunk: two fp32 [B,H,rows,Nk] buffers within the budget, a multiple of pool."""
-    per_row = max(1, b * h * nk * 4 * n_buffers)
-    rows = max(1, (budget_mb << 20) // per_row)
-    return max(pool, rows // pool * pool)
+    """Query rows per chunk: one fp32 [B,H,rows,Nk] buffer near CHUNK_BYTES (measured 2x faster than
+    budget-sized chunks on a 2-core EPYC, bench/results/engine_cpu.md), never more than n_buffers
+    such buffers within the budget; a multiple of pool, or a power of two below it."""
+    per_row = max(1, b * h * nk * 4)
+    cap = max(1, (budget_mb << 20) // (per_row * n_buffers))
+    rows = min(cap, max(MIN_ROWS, CHUNK_BYTES // per_row))
+    if rows >= pool:
+        return rows // pool * pool
+    return 1 << (rows.bit_length() - 1)
 
 
 def _mass_below(c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -46,6 +56,79 @@ def _block_reduce(x: torch.Tensor, pool: int, op: str) -> torch.Tensor:
     if kf < k:
         parts.append(red(x[..., kf:], -1).unsqueeze(-1))
     return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+
+ARGMAX_BLOCK = 128     # keys per block of the two-level row argmax
+
+
+def _row_max(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, first index of the max) over the last dim of s [..., K], both keepdim. Two levels: the
+    max of each ARGMAX_BLOCK-key block (one streaming pass, as fast as amax), then argmax over the
+    blocks and inside the winning block only; max(dim) with indices is ~15x slower on CPU. The
+    winning block starts at min(block * B, K - B), so a ragged tail block reads a full B keys; keys it
+    shares with the previous block are below the max (else that earlier block would have won)."""
+    k, bsz = s.shape[-1], ARGMAX_BLOCK
+    nb = k // bsz
+    if nb == 0:
+        return s.max(-1, keepdim=True)
+    bmax = s[..., :nb * bsz].unflatten(-1, (nb, bsz)).amax(-1)
+    if nb * bsz < k:
+        bmax = torch.cat([bmax, s[..., nb * bsz:].amax(-1, keepdim=True)], -1)
+    m, blk = bmax.max(-1, keepdim=True)                                   # first block holding the max
+    start = (blk * bsz).clamp_(max=k - bsz)
+    inner = s.gather(-1, start + torch.arange(bsz, device=s.device)).argmax(-1, keepdim=True)
+    return m, start + inner
+
+
+def logsumexp_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp, first argmax) of each row of x [R, K]; x may be overwritten (the fused CPU kernel
+    leaves the softmax there). One pass instead of cross_entropy's log_softmax plus an argmax."""
+    kernel = row_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    if kernel is None:
+        return torch.logsumexp(x, -1), x.argmax(-1)
+    x = x.contiguous()
+    r, k = x.shape
+    m, log_l, ent, ek = (torch.empty(r) for _ in range(4))
+    idx = torch.empty(r, dtype=torch.long)
+    kernel.softmax_row_stats(x, torch.zeros(1, k), torch.empty(1, r, 0, dtype=torch.long), r, r,
+                             m, idx, log_l, ent, ek, torch.empty(r, 0))
+    return m + log_l, idx
+
+
+def _fused_rows(kernel, s: torch.Tensor, kpos_rows: torch.Tensor, t_sorted: torch.Tensor,
+                t_order: torch.Tensor):
+    """The C++ row kernel on one chunk s [B,Hkv,G,rr,K] (overwritten with the probabilities).
+    Returns (p, m, idx, log_l, entropy, E[kpos], masses at the thresholds in t_all's order)."""
+    b, hkv, g, rr, k = s.shape
+    n_rows, n_t = s.numel() // k, t_sorted.shape[-1]
+    f32 = torch.float32
+    m, log_l, ent, ekpos = (torch.empty(n_rows, dtype=f32) for _ in range(4))
+    idx = torch.empty(n_rows, dtype=torch.long)
+    mass = torch.empty(n_rows, n_t, dtype=f32)
+    kernel.softmax_row_stats(s.view(n_rows, k), kpos_rows, t_sorted.contiguous(), hkv * g * rr, rr,
+                             m, idx, log_l, ent, ekpos, mass)
+    shape = (b, hkv, g, rr)
+    order = t_order[:, None, None].expand(*shape, n_t)
+    mb = torch.empty(*shape, n_t, dtype=f32).scatter_(-1, order, mass.view(*shape, n_t))
+    return (s, m.view(*shape, 1), idx.view(*shape, 1), log_l.view(shape), ent.view(shape), ekpos.view(shape), mb)
+
+
+def _row_blocks(x: torch.Tensor, a: int, pool: int, op: str) -> torch.Tensor:
+    """Reduce the rows a..a+R of x [..., R, K] within their pool-row blocks -> [..., n_blocks, K], block
+    a // pool first. Reducing over rows (dim -2) streams whole key rows, far faster on CPU than
+    reducing pool-wide groups of keys first; the key blocks are then reduced on the small result."""
+    rr = x.shape[-2]
+    red = (lambda t: t.sum(-2)) if op == "sum" else (lambda t: t.amax(-2))
+    head = min(rr, (-a) % pool)
+    mid = (rr - head) // pool * pool
+    parts = []
+    if head:
+        parts.append(red(x[..., :head, :]).unsqueeze(-2))
+    if mid:
+        parts.append(red(x[..., head:head + mid, :].unflatten(-2, (mid // pool, pool))))
+    if head + mid < rr:
+        parts.append(red(x[..., head + mid:, :]).unsqueeze(-2))
+    return torch.cat(parts, -2) if len(parts) > 1 else parts[0]
 
 
 def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Tensor], *, scale: float,
@@ -87,12 +170,9 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
     maps = zeros(b, h, nq, nk) if config.full_maps else None
     retained = zeros(b, h, nq) if (variant is not None and variant.lse_full is not None) else None
 
-    kf = k.to(f32)
-    vf = v.to(f32) if v is not None else None
-    kposf = kpos.to(f32)
-    if causal:
-        cols = [vf] if vf is not None else []
-        v_ext = torch.cat(cols + [kposf[:, None, :, None].expand(b, hkv, nk, 1)], -1)
+    kf = k.to(f32).contiguous()            # one copy here, instead of one per chunk inside matmul
+    vf = v.to(f32).contiguous() if v is not None else None
+    kposf = kpos.to(f32)[:, None, :, None]                                   # [B, 1, Nk, 1]
     # Index thresholds: number of keys whose position is below x (positions are non-decreasing).
     def below(x: torch.Tensor) -> torch.Tensor:          # x [B, R, n] -> [B, R, n]
         return torch.searchsorted(kpos.contiguous(), x.reshape(b, -1).contiguous()).view(x.shape)
@@ -123,7 +203,15 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         qp3 - lo_hi[None, None, :, 1] + 1, qp3 - lo_hi[None, None, :, 0] + 1,  # left bins
         qp3 + lo_hi[None, None, :, 0], qp3 + lo_hi[None, None, :, 1],          # right bins
     ], -1))
-    rows = min(rows_per_chunk(b, h, nk, pool, config.mem_budget_mb), -(-nq // pool) * pool)
+    rows = min(rows_per_chunk(b, h, nk, pool, config.mem_budget_mb), nq)
+    fused = row_kernel() if dev.type == "cpu" else None
+    if fused is not None:
+        # The fused kernel scans each row once for all masses: thresholds in ascending order.
+        t_sorted, t_order = t_all.sort(-1)
+        kpos_rows = kpos.to(f32).contiguous()
+    # Score and probability buffers reused by every chunk: fresh ones per chunk (growing with kend)
+    # would be fresh pages each time, and the page faults cost as much as the passes themselves.
+    work = torch.empty(2, b * h * rows * nk, dtype=f32, device=dev)
     tri = None
     for a in range(0, nq, rows):
         e = min(nq, a + rows)
@@ -132,7 +220,10 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         if kend <= 0:
             continue
         qc = (q[:, :, a:e].to(f32) * scale).reshape(b, hkv, g * rr, d)
-        s = torch.matmul(qc, kf[:, :, :kend].transpose(-1, -2)).view(b, hkv, g, rr, kend)
+        n_el = b * h * rr * kend
+        s = torch.matmul(qc, kf[:, :, :kend].transpose(-1, -2), out=work[0, :n_el].view(b, hkv, g * rr, kend))
+        s = s.view(b, hkv, g, rr, kend)
+        p = work[1, :n_el].view(b, hkv, g, rr, kend)
         qp = qpos[:, a:e]                                                     # [B, rr]
         vis = None
         if variant is not None or not all_valid:
@@ -167,17 +258,24 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
                 tri = torch.ones(rows, rows, dtype=torch.bool, device=dev).triu_(1)
             s[..., kend - rr:].masked_fill_(tri[:rr, :rr], NEG)
         has = nvis[:, :, a:e].view(b, hkv, g, rr) > 0
-        m, idx = s.max(-1, keepdim=True)
-        top1i[:, :, a:e] = torch.where(has, idx.squeeze(-1), -1).view(b, h, rr)
-        s.sub_(m)                        # centred logits: the entropy sum has no large cancellation
-        p = torch.softmax(s, -1)
-        u = torch.einsum("...k,...k->...", p, s)                             # sum_j p_ij (s_ij - m_i)
+        t = t_all[:, a:e][:, None, None]                                       # [B,1,1,rr,n]
+        mb = ekpos = None
+        if fused is not None:
+            p, m, idx, log_l, ent_c, ekpos, mb = _fused_rows(fused, s, kpos_rows, t_sorted[:, a:e], t_order[:, a:e])
+        else:
+            m, idx = _row_max(s)
+            s.sub_(m)                    # centred logits: the entropy sum has no large cancellation
+            torch.ops.aten._softmax.out(s, -1, False, out=p)
+            u = torch.einsum("...k,...k->...", p, s)                         # sum_j p_ij (s_ij - m_i)
+            log_l = -torch.log(p.gather(-1, idx)).squeeze(-1)                # max p = 1 / l
+            ent_c = log_l - u
         del s
-        log_l = -torch.log(p.gather(-1, idx)).squeeze(-1)                    # max p = 1 / l
+        top1i[:, :, a:e] = torch.where(has, idx.squeeze(-1), -1).view(b, h, rr)
         lse_c = m.squeeze(-1) + log_l
-        ent_c = log_l - u
         if not bool(has.all()):
             p.mul_(has.unsqueeze(-1))
+            if mb is not None:
+                mb = mb * has.unsqueeze(-1)
             lse_c = torch.where(has, lse_c, torch.full((), float("-inf"), device=dev))
             ent_c = torch.where(has, ent_c, torch.zeros((), device=dev))
         lse[:, :, a:e] = lse_c.view(b, h, rr)
@@ -188,17 +286,14 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
             retained[:, :, a:e] = torch.where(has, torch.exp(lse_c - lf), torch.zeros((), device=dev)).view(b, h, rr)
 
         p2 = p.view(b, hkv, g * rr, kend)
+        if out is not None:
+            out[:, :, a:e] = torch.matmul(p2, vf[:, :, :kend]).view(b, h, rr, -1).to(q.dtype)
         if causal:
-            # One matmul gives the output and E[kpos] (key positions ride along as an extra V column);
-            # all visible keys precede the query, so E|qpos - kpos| = qpos - E[kpos].
-            pv_ext = torch.matmul(p2, v_ext[:, :, :kend]).view(b, hkv, g, rr, -1)
-            if out is not None:
-                out[:, :, a:e] = pv_ext[..., :-1].reshape(b, h, rr, -1).to(q.dtype)
-            ed = qp.to(f32)[:, None, None] - pv_ext[..., -1]
-            edist[:, :, a:e] = (ed * has).view(b, h, rr)
+            # All visible keys precede the query, so E|qpos - kpos| = qpos - E[kpos] (one matvec).
+            if ekpos is None:
+                ekpos = torch.matmul(p2, kposf[:, :, :kend]).view(b, hkv, g, rr)
+            edist[:, :, a:e] = ((qp.to(f32)[:, None, None] - ekpos) * has).view(b, h, rr)
         else:
-            if out is not None:
-                out[:, :, a:e] = torch.matmul(p2, vf[:, :, :kend]).view(b, h, rr, -1).to(q.dtype)
             absd = (qp[:, :, None] - kpos[:, None, :kend]).abs().to(f32)[:, None, None]
             edist[:, :, a:e] = torch.einsum("...k,...k->...", p, absd.expand_as(p)).view(b, h, rr)
         if maps is not None:
@@ -206,22 +301,22 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
 
         qrow = None if bool(qvalid[:, a:e].all()) else qvalid[:, a:e].to(f32).view(b, 1, 1, rr, 1)
         pv = p if qrow is None else p * qrow
-        colsum[:, :, :kend] += pv.sum(-2).view(b, h, kend)
-        # Pooled maps: reduce keys first (one pass), then rows in groups of `pool` (small tensors).
-        ks = _block_reduce(pv, pool, "sum")                                # [.., rr, mk_c]
-        km = _block_reduce(pv, pool, "max")
-        qa = a // pool
-        mk_c = ks.shape[-1]
-        psum[:, :, qa:qa + -(-rr // pool), :mk_c] = _block_reduce(ks.transpose(-1, -2), pool, "sum") \
-            .transpose(-1, -2).reshape(b, h, -1, mk_c)
-        pmax[:, :, qa:qa + -(-rr // pool), :mk_c] = _block_reduce(km.transpose(-1, -2), pool, "max") \
-            .transpose(-1, -2).reshape(b, h, -1, mk_c)
-        del pv, ks, km
+        # Column sums and pooled maps from one pass each over rows (sum, max) per pool-row block;
+        # chunks may start mid-block, so blocks accumulate across chunks.
+        rs = _row_blocks(pv, a, pool, "sum")                                 # [.., nblk, kend]
+        rm = _row_blocks(pv, a, pool, "max")
+        del pv
+        colsum[:, :, :kend] += rs.sum(-2).view(b, h, kend)
+        ks, km = _block_reduce(rs, pool, "sum"), _block_reduce(rm, pool, "max")
+        qa, nblk, mk_c = a // pool, ks.shape[-2], ks.shape[-1]
+        psum[:, :, qa:qa + nblk, :mk_c] += ks.reshape(b, h, nblk, mk_c)
+        blk = pmax[:, :, qa:qa + nblk, :mk_c]
+        torch.maximum(blk, km.reshape(b, h, nblk, mk_c), out=blk)
+        del rs, rm, ks, km
 
-        # Position-based masses from the row cumsum (in place: p is not needed any more).
-        c = p.cumsum_(-1)
-        t = t_all[:, a:e][:, None, None]                                       # [B,1,1,rr,n]
-        mb = _mass_below(c, t)
+        if mb is None:
+            # Position-based masses from the row cumsum (in place: p is not needed any more).
+            mb = _mass_below(p.cumsum_(-1), t)
         nb = len(bins)
         sink0[:, :, a:e] = mb[..., 0].reshape(b, h, rr)
         sink_s[:, :, a:e] = mb[..., 1].reshape(b, h, rr)
@@ -234,7 +329,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         if qrow is not None:
             per_row = per_row * qrow
         hist += per_row.sum(-2).reshape(b, h, nb)
-        del c, p
+        del p
 
     # Pooled mean: divide block sums by (#valid query rows in the block) x (#keys in the block).
     nvr = torch.stack([qvalid[:, i * pool:(i + 1) * pool].sum(-1) for i in range(mq)], -1).to(f32)

@@ -23,8 +23,26 @@ def _inputs(n, d, g, pad, b=2, hkv=2, seed=0, scale=1.0):
     return q, k, v, kv
 
 
+@pytest.fixture(params=["fused", "torch-ops"])
+def cpu_path(request, monkeypatch):
+    """Both CPU paths: the fused C++ row kernel (when built) and the pure-torch ops."""
+    from kernels.cpu_rowstats import row_kernel
+    if request.param == "fused" and row_kernel() is None:
+        pytest.skip("fused CPU row kernel not built here")
+    monkeypatch.setenv("ATTNVIS_CPU_FUSED", "1" if request.param == "fused" else "0")
+    return request.param
+
+
+def test_fused_kernel_builds_where_a_compiler_is():
+    import shutil
+    from kernels.cpu_rowstats import _cpu_has_avx2_fma, row_kernel, unavailable_reason
+    if not (shutil.which("g++") or shutil.which("c++")) or not _cpu_has_avx2_fma():
+        pytest.skip("no C++ compiler or no AVX2/FMA")
+    assert row_kernel() is not None, unavailable_reason()
+
+
 @pytest.mark.parametrize("n,d,g,causal,pad", [s for s in SHAPES if s[4] < s[0]])
-def test_matches_fp64_oracle(n, d, g, causal, pad):
+def test_matches_fp64_oracle(n, d, g, causal, pad, cpu_path):
     q, k, v, kv = _inputs(n, d, g, pad)
     # mem_budget 0 forces the smallest chunks, so chunk boundaries and ragged tails are exercised
     cfg = StatsConfig(pool_size=16, full_maps=True, mem_budget_mb=0)
@@ -48,7 +66,7 @@ def test_noncontiguous_hf_layout_and_large_chunks():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_variant_masks_match_oracle(causal):
+def test_variant_masks_match_oracle(causal, cpu_path):
     n, d, g = 100, 32, 2
     q, k, v, kv = _inputs(n, d, g, pad=7)
     cfg = StatsConfig(pool_size=8, full_maps=True, mem_budget_mb=0)
@@ -81,7 +99,32 @@ def _harmonic(n):
     return sum(1.0 / i for i in range(1, n + 1))
 
 
-def test_uniform_attention_closed_forms():
+@pytest.mark.parametrize("causal", [True, False])
+def test_longer_rows_match_oracle(causal, cpu_path):
+    """300 keys: full 8-wide vectors and 128-key argmax blocks with ragged tails, D = 40, left padding."""
+    q, k, v, kv = _inputs(300, 40, 3, 7, seed=3, scale=2.0)
+    cfg = StatsConfig(full_maps=True)
+    got = attention_stats_torch(q, k, v, scale=40 ** -0.5, causal=causal, key_valid=kv, config=cfg)
+    ref = attention_stats_dense(q, k, v, scale=40 ** -0.5, causal=causal, key_valid=kv, config=cfg)
+    assert_stats_close(got, ref, where=f"n=300 causal={causal}")
+    assert torch.equal(got.top1_idx, ref.top1_idx)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_chunks_straddling_pool_blocks(monkeypatch, causal, cpu_path):
+    """32-row chunks against 48-row pool blocks: pooled maps accumulate block parts across chunks."""
+    from kernels import torch_stats
+    monkeypatch.setattr(torch_stats, "CHUNK_BYTES", 1)               # rows = MIN_ROWS = 32 < pool
+    q, k, v, kv = _inputs(130, 16, 3, 5)
+    cfg = StatsConfig(pool_size=48)
+    assert torch_stats.rows_per_chunk(2, 6, 130, 48, cfg.mem_budget_mb) == 32
+    got = attention_stats_torch(q, k, v, scale=0.25, causal=causal, key_valid=kv, config=cfg)
+    ref = attention_stats_dense(q, k, v, scale=0.25, causal=causal, key_valid=kv, config=cfg)
+    assert_stats_close(got, ref, where=f"causal={causal}")
+    assert torch.equal(got.top1_idx, ref.top1_idx)
+
+
+def test_uniform_attention_closed_forms(cpu_path):
     # q = 0 -> every visible key gets 1/(i+1): entropy ln(i+1), sink mass S/(i+1) (i >= S),
     # column sums H_N - H_j (harmonic numbers), column sums add up to the number of queries.
     n, d, S = 50, 8, 4
@@ -101,9 +144,10 @@ def test_uniform_attention_closed_forms():
     assert torch.allclose(st.exp_dist[0, 0].double(), i / 2, atol=1e-4)
     assert torch.allclose(st.prev_mass[0, 0, 1:].double(), 1 / (i[1:] + 1), atol=1e-6)
     assert st.entropy[0, 0, 0] == 0 and st.sink0[0, 0, 0] == 1
+    assert torch.equal(st.top1_idx, torch.zeros_like(st.top1_idx))   # all keys tie: the first, as argmax
 
 
-def test_extreme_logits_and_fully_padded_rows_are_nan_free():
+def test_extreme_logits_and_fully_padded_rows_are_nan_free(cpu_path):
     q, k, v, kv = _inputs(40, 16, 2, pad=40 - 1, scale=30.0)     # logits ~ x100
     kv[0, :] = False                                               # batch 0 has no valid key at all
     st = attention_stats_torch(q, k, v, scale=1.0, causal=True, key_valid=kv, config=StatsConfig(full_maps=True))
@@ -139,3 +183,27 @@ def test_mismatched_heads_rejected():
     with pytest.raises(ValueError, match="multiple"):
         attention_stats_torch(torch.randn(1, 5, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8),
                               scale=1.0, causal=True)
+
+
+@pytest.mark.parametrize("k", [1, 5, 127, 128, 129, 300, 1000])
+def test_two_level_row_max_first_index_on_ties(k):
+    from kernels.torch_stats import _row_max
+    gen = torch.Generator().manual_seed(k)
+    s = torch.randint(0, 4, (3, 40, k), generator=gen).float()       # many exact ties
+    s[0, 0] = -1.0e30                                                 # a fully masked row: index 0
+    m, idx = _row_max(s)
+    assert torch.equal(m, s.amax(-1, keepdim=True))
+    assert torch.equal(idx, s.argmax(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("k", [7, 130, 49157])
+def test_logsumexp_argmax_matches_torch(k, cpu_path):
+    """The loss helper (fused CPU kernel when built) against torch.logsumexp / argmax, ties included."""
+    from kernels.torch_stats import logsumexp_argmax
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(37, k, generator=gen) * 8
+    x[3] = 2.0                                                        # a row of ties: index 0
+    x[5, k // 2] = x[5, k - 1] = 100.0                                # tie between two maxima
+    lse, idx = logsumexp_argmax(x.clone())
+    torch.testing.assert_close(lse, torch.logsumexp(x.double(), -1).float(), atol=2e-5, rtol=2e-6)
+    assert torch.equal(idx, x.argmax(-1)) and idx[5] == k // 2
