@@ -1,8 +1,10 @@
 """Exact chunked attention statistics in torch: the CPU backend and the Triton kernels' twin.
 
-Query rows are processed in chunks (sized from a memory budget) against all keys the chunk can see,
-so memory is O(chunk x Nk) instead of O(Nq x Nk) per head, and causal chunks skip the keys past
-their last row. GQA is handled by grouping query heads under their kv head (no repeat of K/V).
+Query rows are processed in chunks (sized to stay in cache, capped by a memory budget) against all
+keys the chunk can see, so memory is O(chunk x Nk) instead of O(Nq x Nk) per head, and causal chunks
+skip the keys past their last row. GQA is handled by grouping query heads under their kv head (no
+repeat of K/V). On CPU the per-row work (softmax, argmax, entropy, E[kpos], position masses) runs in
+the fused C++ kernel of cpu_rowstats when it is built, else in torch ops; both give the same numbers.
 Definitions live in stats_types; reference.py is the dense fp64 oracle.
 """
 from __future__ import annotations
@@ -23,8 +25,8 @@ MIN_ROWS = 32          # fewer rows per chunk cost more in per-op overhead than 
 
 
 def rows_per_chunk(b: int, h: int, nk: int, pool: int, budget_mb: int, n_buffers: int = 2) -> int:
-    """Query rows per chunk: one fp32 [B,H,rows,Nk] buffer near CHUNK_BYTES (measured 2x faster than
-    budget-sized chunks on a 2-core EPYC, bench/results/engine_cpu.md), never more than n_buffers
+    """Query rows per chunk: one fp32 [B,H,rows,Nk] buffer near CHUNK_BYTES (about 2x faster than
+    256 MB budget-sized chunks on a 2-core EPYC, bench/results/engine_cpu.md), never more than n_buffers
     such buffers within the budget; a multiple of pool, or a power of two below it."""
     per_row = max(1, b * h * nk * 4)
     cap = max(1, (budget_mb << 20) // (per_row * n_buffers))
