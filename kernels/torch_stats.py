@@ -172,8 +172,9 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
     maps = zeros(b, h, nq, nk) if config.full_maps else None
     retained = zeros(b, h, nq) if (variant is not None and variant.lse_full is not None) else None
 
-    kf = k.to(f32).contiguous()            # one copy here, instead of one per chunk inside matmul
+    kt = k.to(f32).transpose(-1, -2).contiguous()   # [B,Hkv,D,Nk]: chunks read [D, kend] row slices
     vf = v.to(f32).contiguous() if v is not None else None
+    qs = q.to(f32) * scale
     kposf = kpos.to(f32)[:, None, :, None]                                   # [B, 1, Nk, 1]
     # Index thresholds: number of keys whose position is below x (positions are non-decreasing).
     def below(x: torch.Tensor) -> torch.Tensor:          # x [B, R, n] -> [B, R, n]
@@ -221,9 +222,9 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         kend = min(nk, e + off) if causal else nk
         if kend <= 0:
             continue
-        qc = (q[:, :, a:e].to(f32) * scale).reshape(b, hkv, g * rr, d)
+        qc = qs[:, :, a:e].reshape(b, hkv, g * rr, d)
         n_el = b * h * rr * kend
-        s = torch.matmul(qc, kf[:, :, :kend].transpose(-1, -2), out=work[0, :n_el].view(b, hkv, g * rr, kend))
+        s = torch.matmul(qc, kt[..., :kend], out=work[0, :n_el].view(b, hkv, g * rr, kend))
         s = s.view(b, hkv, g, rr, kend)
         p = work[1, :n_el].view(b, hkv, g, rr, kend)
         qp = qpos[:, a:e]                                                     # [B, rr]
