@@ -52,7 +52,8 @@ def row_kernel():
                 try:
                     _STATE["module"] = _build()
                 except Exception as exc:  # no compiler, no ninja, no headers: the torch ops still work
-                    _STATE["reason"] = f"build failed: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__}"
+                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    _STATE["reason"] = f"build failed: {last[:200]}"
                     log.warning("fused CPU row kernel unavailable (%s); using torch ops", _STATE["reason"])
         return _STATE["module"]
 

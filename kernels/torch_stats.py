@@ -214,7 +214,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         kpos_rows = kpos.to(f32).contiguous()
     # Score and probability buffers reused by every chunk: fresh ones per chunk (growing with kend)
     # would be fresh pages each time, and the page faults cost as much as the passes themselves.
-    work = torch.empty(2, b * h * rows * nk, dtype=f32, device=dev)
+    work = torch.empty(1 if fused is not None else 2, b * h * rows * nk, dtype=f32, device=dev)
     tri = None
     for a in range(0, nq, rows):
         e = min(nq, a + rows)
@@ -226,7 +226,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         n_el = b * h * rr * kend
         s = torch.matmul(qc, kt[..., :kend], out=work[0, :n_el].view(b, hkv, g * rr, kend))
         s = s.view(b, hkv, g, rr, kend)
-        p = work[1, :n_el].view(b, hkv, g, rr, kend)
+        p = work[-1, :n_el].view(b, hkv, g, rr, kend)     # the fused kernel writes p over s
         qp = qpos[:, a:e]                                                     # [B, rr]
         vis = None
         if variant is not None or not all_valid:

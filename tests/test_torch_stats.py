@@ -207,3 +207,20 @@ def test_logsumexp_argmax_matches_torch(k, cpu_path):
     lse, idx = logsumexp_argmax(x.clone())
     torch.testing.assert_close(lse, torch.logsumexp(x.double(), -1).float(), atol=2e-5, rtol=2e-6)
     assert torch.equal(idx, x.argmax(-1)) and idx[5] == k // 2
+
+
+def test_failed_kernel_build_falls_back_to_torch_ops(monkeypatch):
+    """No compiler (or any build error): a one-line reason, and the statistics still come out right."""
+    from kernels import cpu_rowstats
+
+    def broken():
+        raise RuntimeError("Error building extension\ng++: command not found")
+    monkeypatch.setattr(cpu_rowstats, "_STATE", {})
+    monkeypatch.setattr(cpu_rowstats, "_build", broken)
+    monkeypatch.setattr(cpu_rowstats, "_cpu_has_avx2_fma", lambda: True)
+    assert cpu_rowstats.row_kernel() is None
+    assert cpu_rowstats.unavailable_reason() == "build failed: g++: command not found"
+    q, k, v, kv = _inputs(40, 16, 2, 3)
+    got = attention_stats_torch(q, k, v, scale=0.25, causal=True, key_valid=kv)
+    ref = attention_stats_dense(q, k, v, scale=0.25, causal=True, key_valid=kv)
+    assert_stats_close(got, ref)
