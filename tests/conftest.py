@@ -9,3 +9,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from compute.models import load_model
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from compute.models import load_model
+    return load_model("minilm-l6")

@@ -28,3 +28,15 @@ def assert_stats_close(got, ref, tol=1e-5, fields=FLOAT_FIELDS, row_mask=None, w
         err = (a[fin] - b[fin]).abs().max().item()
         scale = max(1.0, b[fin].abs().max().item())
         assert err <= tol * scale, f"{where}: {name} max err {err:.3g} > {tol * scale:.3g}"
+
+
+def eager_twin(lm):
+    """The same weights with transformers' own eager attention (the reference for captured stats)."""
+    if lm.info.source == "random":
+        twin = type(lm.model)(lm.model.config)
+        twin.load_state_dict(lm.model.state_dict())
+        twin.set_attn_implementation("eager")
+        return twin.eval()
+    from transformers import AutoModel, AutoModelForCausalLM
+    cls = AutoModelForCausalLM if lm.info.causal else AutoModel
+    return cls.from_pretrained(lm.info.source, attn_implementation="eager", dtype=torch.float32).eval()

@@ -4,37 +4,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
 
 from compute.analysis import AnalysisSettings, ROLES, attach, run_analysis
 from compute.analysis import basins, graphs, importance, probes, sinks, syntax
 from compute.analysis.tokens import token_char_spans
 from compute.engine import analyze_text
-from compute.models import load_model
 from compute.report import build_report
+from tests.helpers import eager_twin
 
 SENTENCE = "The cat sat on the mat and looked at the birds."       # 12 SmolLM2 tokens
 DOCS = json.loads(open("compute/analysis/data/basin_calibration.json").read())["prompts"][1]
 
 
 @pytest.fixture(scope="module")
-def smollm():
-    return load_model("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return load_model("minilm-l6")
-
-
-def _eager(lm):
-    cls = AutoModelForCausalLM if lm.info.causal else AutoModel
-    return cls.from_pretrained(lm.info.source, attn_implementation="eager", dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
 def smollm_eager(smollm):
-    return _eager(smollm)
+    return eager_twin(smollm)
 
 
 def eager_maps(model, ids) -> np.ndarray:
@@ -83,7 +67,7 @@ def test_minilm_cls_is_the_sink_and_sep_is_not(minilm):
     text = "The quick brown fox jumps over the lazy dog. Then the dog chased the fox into the forest."
     res = analyze_text(minilm, text)
     assert res.tokens[0] == "[CLS]" and res.tokens[-1] == "[SEP]"
-    A = eager_maps(_eager(minilm), res.token_ids)
+    A = eager_maps(eager_twin(minilm), res.token_ids)
     sec = sinks.sinks_section(res)
     np.testing.assert_allclose(np.array(sec["sink_metric"]), A[..., :, 0].mean(-1), atol=1e-5)
     rec = A.mean(-2)                                              # [L, H, N] mean received (all rows see all keys)

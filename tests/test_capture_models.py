@@ -8,10 +8,10 @@ from transformers import (AutoModel, AutoModelForCausalLM, BertConfig, LlamaConf
 
 from compute.capture import ATTN_IMPL, CaptureSession, register
 from compute.engine import capture
-from compute.models import LoadedModel, ModelInfo, load_model
+from compute.models import LoadedModel, ModelInfo
 from kernels import StatsConfig
 from kernels.reference import stats_from_probs
-from tests.helpers import assert_stats_close
+from tests.helpers import assert_stats_close, eager_twin
 
 TEXTS = ["The quick brown fox jumps over the lazy dog while the cat watches from the fence.",
          "Attention sinks appear in small models too."]
@@ -36,27 +36,6 @@ def _tiny(kind):
     return LoadedModel(model.eval(), None, info)
 
 
-@pytest.fixture(scope="module")
-def smollm():
-    return load_model("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return load_model("minilm-l6")
-
-
-def _eager_twin(lm):
-    """The same weights loaded with transformers' own eager attention."""
-    if lm.info.source == "random":
-        twin = type(lm.model)(lm.model.config)
-        twin.load_state_dict(lm.model.state_dict())
-        twin.set_attn_implementation("eager")
-        return twin.eval()
-    cls = AutoModelForCausalLM if lm.info.causal else AutoModel
-    return cls.from_pretrained(lm.info.source, attn_implementation="eager", dtype=torch.float32).eval()
-
-
 def _ids(lm, text):
     if lm.tokenizer is None:
         g = torch.Generator().manual_seed(len(text))
@@ -66,7 +45,7 @@ def _ids(lm, text):
 
 def _check_against_eager(lm, ids):
     sess, _ = capture(lm, ids, config=CFG)
-    eager = _eager_twin(lm)
+    eager = eager_twin(lm)
     base = getattr(eager, eager.base_model_prefix, eager)
     with torch.no_grad():
         att = base(input_ids=ids, output_attentions=True).attentions
