@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sysconfig
 import threading
 from pathlib import Path
 from typing import Optional
@@ -33,8 +34,22 @@ def _cpu_has_avx2_fma() -> bool:
     return "avx2" in flags and "fma" in flags
 
 
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; the pip-installed one sits beside this interpreter, which is not on
+    PATH when the venv's python is called directly (as the Makefile does)."""
+    try:
+        import ninja
+        where = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        where = sysconfig.get_path("scripts")
+    path = os.environ.get("PATH", "")
+    if where and where not in path.split(os.pathsep):
+        os.environ["PATH"] = where + os.pathsep + path
+
+
 def _build():
     from torch.utils.cpp_extension import load
+    _ninja_on_path()
     return load(name="attnvis_cpu_rowstats", sources=[str(SOURCE)], verbose=False,
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"])   # OpenMP: at::parallel_for splits rows
 
