@@ -82,18 +82,27 @@ def _row_max(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m, start + inner
 
 
+def _run_row_kernel(kernel, s2d: torch.Tensor, kpos_rows: torch.Tensor, thr: torch.Tensor,
+                    rows_per_batch: int, rr: int):
+    """Call the C++ row kernel on s2d [R, K] (overwritten with the probabilities); see cpu_rowstats.cpp.
+    Returns (max, first argmax, log sum exp(s - max), entropy, E[kpos], masses [R, T]) per row."""
+    n_rows = s2d.shape[0]
+    m, log_l, ent, ekpos = (torch.empty(n_rows) for _ in range(4))
+    idx = torch.empty(n_rows, dtype=torch.long)
+    mass = torch.empty(n_rows, thr.shape[-1])
+    kernel.softmax_row_stats(s2d, kpos_rows, thr.contiguous(), rows_per_batch, rr, m, idx, log_l, ent, ekpos, mass)
+    return m, idx, log_l, ent, ekpos, mass
+
+
 def logsumexp_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logsumexp, first argmax) of each row of x [R, K]; x may be overwritten (the fused CPU kernel
     leaves the softmax there). One pass instead of cross_entropy's log_softmax plus an argmax."""
     kernel = row_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if kernel is None:
         return torch.logsumexp(x, -1), x.argmax(-1)
-    x = x.contiguous()
     r, k = x.shape
-    m, log_l, ent, ek = (torch.empty(r) for _ in range(4))
-    idx = torch.empty(r, dtype=torch.long)
-    kernel.softmax_row_stats(x, torch.zeros(1, k), torch.empty(1, r, 0, dtype=torch.long), r, r,
-                             m, idx, log_l, ent, ek, torch.empty(r, 0))
+    m, idx, log_l, *_ = _run_row_kernel(kernel, x.contiguous(), torch.zeros(1, k),
+                                        torch.empty(1, r, 0, dtype=torch.long), r, r)
     return m + log_l, idx
 
 
@@ -102,16 +111,10 @@ def _fused_rows(kernel, s: torch.Tensor, kpos_rows: torch.Tensor, t_sorted: torc
     """The C++ row kernel on one chunk s [B,Hkv,G,rr,K] (overwritten with the probabilities).
     Returns (p, m, idx, log_l, entropy, E[kpos], masses at the thresholds in t_all's order)."""
     b, hkv, g, rr, k = s.shape
-    n_rows, n_t = s.numel() // k, t_sorted.shape[-1]
-    f32 = torch.float32
-    m, log_l, ent, ekpos = (torch.empty(n_rows, dtype=f32) for _ in range(4))
-    idx = torch.empty(n_rows, dtype=torch.long)
-    mass = torch.empty(n_rows, n_t, dtype=f32)
-    kernel.softmax_row_stats(s.view(n_rows, k), kpos_rows, t_sorted.contiguous(), hkv * g * rr, rr,
-                             m, idx, log_l, ent, ekpos, mass)
-    shape = (b, hkv, g, rr)
+    m, idx, log_l, ent, ekpos, mass = _run_row_kernel(kernel, s.view(-1, k), kpos_rows, t_sorted, hkv * g * rr, rr)
+    shape, n_t = (b, hkv, g, rr), mass.shape[-1]
     order = t_order[:, None, None].expand(*shape, n_t)
-    mb = torch.empty(*shape, n_t, dtype=f32).scatter_(-1, order, mass.view(*shape, n_t))
+    mb = torch.empty(*shape, n_t).scatter_(-1, order, mass.view(*shape, n_t))
     return (s, m.view(*shape, 1), idx.view(*shape, 1), log_l.view(shape), ent.view(shape), ekpos.view(shape), mb)
 
 
@@ -175,7 +178,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
     kt = k.to(f32).transpose(-1, -2).contiguous()   # [B,Hkv,D,Nk]: chunks read [D, kend] row slices
     vf = v.to(f32).contiguous() if v is not None else None
     qs = q.to(f32) * scale
-    kposf = kpos.to(f32)[:, None, :, None]                                   # [B, 1, Nk, 1]
+    kposf = kpos.to(f32).contiguous()                                        # [B, Nk]
     # Index thresholds: number of keys whose position is below x (positions are non-decreasing).
     def below(x: torch.Tensor) -> torch.Tensor:          # x [B, R, n] -> [B, R, n]
         return torch.searchsorted(kpos.contiguous(), x.reshape(b, -1).contiguous()).view(x.shape)
@@ -211,7 +214,6 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
     if fused is not None:
         # The fused kernel scans each row once for all masses: thresholds in ascending order.
         t_sorted, t_order = t_all.sort(-1)
-        kpos_rows = kpos.to(f32).contiguous()
     # Score and probability buffers reused by every chunk: fresh ones per chunk (growing with kend)
     # would be fresh pages each time, and the page faults cost as much as the passes themselves.
     work = torch.empty(1 if fused is not None else 2, b * h * rows * nk, dtype=f32, device=dev)
@@ -264,7 +266,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         t = t_all[:, a:e][:, None, None]                                       # [B,1,1,rr,n]
         mb = ekpos = None
         if fused is not None:
-            p, m, idx, log_l, ent_c, ekpos, mb = _fused_rows(fused, s, kpos_rows, t_sorted[:, a:e], t_order[:, a:e])
+            p, m, idx, log_l, ent_c, ekpos, mb = _fused_rows(fused, s, kposf, t_sorted[:, a:e], t_order[:, a:e])
         else:
             m, idx = _row_max(s)
             s.sub_(m)                    # centred logits: the entropy sum has no large cancellation
@@ -294,7 +296,7 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
         if causal:
             # All visible keys precede the query, so E|qpos - kpos| = qpos - E[kpos] (one matvec).
             if ekpos is None:
-                ekpos = torch.matmul(p2, kposf[:, :, :kend]).view(b, hkv, g, rr)
+                ekpos = torch.matmul(p2, kposf[:, None, :kend, None]).view(b, hkv, g, rr)
             edist[:, :, a:e] = ((qp.to(f32)[:, None, None] - ekpos) * has).view(b, h, rr)
         else:
             absd = (qp[:, :, None] - kpos[:, None, :kend]).abs().to(f32)[:, None, None]

@@ -47,3 +47,10 @@ def controls(*children) -> html.Div:
 def labelled(label: str, component, width: str | None = None) -> html.Label:
     style = {"width": width} if width else None
     return html.Label([html.Span(label, className="ctl-label"), component], className="ctl", style=style)
+
+
+def edge_threshold(component_id: str) -> html.Div:
+    """The token graphs' edge-threshold slider (head view and graphs view alike)."""
+    return controls(labelled("Edge threshold", dcc.Slider(id=component_id, min=0.02, max=0.5, step=0.01, value=0.1,
+                                                          marks={0.1: "0.1", 0.25: "0.25", 0.5: "0.5"},
+                                                          tooltip={"placement": "bottom"}), width="360px"))

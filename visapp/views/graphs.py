@@ -7,7 +7,7 @@ from dash import dcc, html
 from .. import ids
 from ..figures import arc_diagram, empty_figure, head_similarity_graph
 from ..templates import SCREEN
-from .common import controls, graph, labelled, section
+from .common import edge_threshold, graph, section
 
 
 def layout() -> html.Div:
@@ -17,9 +17,7 @@ def layout() -> html.Div:
                           "(pooled) attention maps; colours are modularity communities. Click a node to select "
                           "the head."),
         section("Token-attention graph of the selected head",
-                controls(labelled("Edge threshold", dcc.Slider(id=ids.GR_THRESHOLD, min=0.02, max=0.5, step=0.01,
-                                                               value=0.1, marks={0.1: "0.1", 0.25: "0.25", 0.5: "0.5"},
-                                                               tooltip={"placement": "bottom"}), width="360px")),
+                edge_threshold(ids.GR_THRESHOLD),
                 graph(ids.GR_TOKENS, 380),
                 help_text="Nodes are tokens coloured by the total attention they receive (scale without token 0); arcs go from a query to "
                           "the keys it attends to above the threshold (token 0 left out)."),

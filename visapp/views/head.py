@@ -11,7 +11,7 @@ from .. import ids
 from ..figures import (arc_diagram, attention_heatmap, empty_figure, pooled_heatmap, query_profile,
                        received_bars, token_labels)
 from ..templates import SCREEN
-from .common import controls, graph, labelled, section
+from .common import controls, edge_threshold, graph, labelled, section
 
 
 def layout() -> html.Div:
@@ -39,9 +39,7 @@ def layout() -> html.Div:
         html.Div([section("Entropy per query", graph(ids.HD_ENTROPY, 260)),
                   section("Attention received per key", graph(ids.HD_RECEIVED, 260))], className="grid2"),
         section("Token graph",
-                controls(labelled("Edge threshold", dcc.Slider(id=ids.HD_THRESHOLD, min=0.02, max=0.5, step=0.01,
-                                                               value=0.1, marks={0.1: "0.1", 0.25: "0.25", 0.5: "0.5"},
-                                                               tooltip={"placement": "bottom"}), width="360px")),
+                edge_threshold(ids.HD_THRESHOLD),
                 graph(ids.HD_GRAPH, 360),
                 help_text="Arcs from each query to the keys it attends to with weight above the threshold "
                           "(token 0 left out: its arcs would hide the rest)."),
