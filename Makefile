@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # The fused CPU row kernel (kernels/cpu_rowstats.cpp) is compiled once (~1 min) into
 # TORCH_EXTENSIONS_DIR; later runs only check it. Without g++ the torch ops are used instead.
 setup: $(VENV)/.installed
-	$(VPY) -c "from kernels.cpu_rowstats import report; print(report())"
+	$(VPY) -c "from kernels.cpu_rowstats import report; print(report(build_if_missing=True))"
 
 # Debian packages the UI and scale-out tests use (chromium, redis); needs root, skipped otherwise.
 setup-system:

@@ -2,12 +2,19 @@
 
 `row_kernel()` returns the compiled module, or None where it cannot run (no x86 AVX2/FMA, no C++
 compiler or ninja, ATTNVIS_CPU_FUSED=0); torch_stats then uses its pure-torch ops, which compute the
-same numbers (tests compare the two against the fp64 oracle). The build (~1 min) lands in
-TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions); `make setup` builds it ahead of time
-(report()) so no analysis waits for the compiler.
+same numbers (tests compare the two against the fp64 oracle).
+
+The build belongs to set-up: `make setup` calls build() (~1 min, once). Its folder under
+TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) is named after a hash of the source, the
+flags and the torch version, so checkouts on one machine share a build when they agree and never
+rebuild each other's. row_kernel() only imports a finished build: an analysis never compiles; without
+one it uses the torch ops and says so once in the log.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import sysconfig
@@ -47,15 +54,51 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = where + os.pathsep + path
 
 
-def _build():
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp")   # OpenMP: at::parallel_for splits rows
+
+
+def build_name() -> str:
+    """Extension name keyed by what the binary depends on: source, flags, torch and Python versions."""
+    import sys
+
+    import torch
+    h = hashlib.sha1(SOURCE.read_bytes())
+    h.update(" ".join(CFLAGS).encode())
+    h.update(f"{torch.__version__}|{sys.version_info[:2]}".encode())
+    return f"attnvis_cpu_rowstats_{h.hexdigest()[:12]}"
+
+
+def build_dir() -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+    return Path(_get_build_directory(build_name(), verbose=False))
+
+
+def _import_built():
+    """Import the finished build of this source, or None; never compiles."""
+    import torch  # noqa: F401  (the extension links against libtorch)
+    name = build_name()
+    so = build_dir() / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    if not so.is_file():
+        so = next(iter(sorted(build_dir().glob(f"{name}*.so"))), None) if build_dir().is_dir() else None
+        if so is None:
+            return None
+    spec = importlib.util.spec_from_file_location(name, so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build():
+    """Compile the kernel (set-up only: `make setup`); returns the module or raises."""
     from torch.utils.cpp_extension import load
     _ninja_on_path()
-    return load(name="attnvis_cpu_rowstats", sources=[str(SOURCE)], verbose=False,
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"])   # OpenMP: at::parallel_for splits rows
+    with _LOCK:
+        _STATE.clear()
+        return load(name=build_name(), sources=[str(SOURCE)], verbose=False, extra_cflags=list(CFLAGS))
 
 
 def row_kernel():
-    """The compiled module, or None (see unavailable_reason())."""
+    """The built module, or None (see unavailable_reason())."""
     if not enabled():
         return None
     with _LOCK:
@@ -65,11 +108,13 @@ def row_kernel():
                 _STATE["reason"] = "this CPU has no AVX2/FMA"
             else:
                 try:
-                    _STATE["module"] = _build()
-                except Exception as exc:  # no compiler, no ninja, no headers: the torch ops still work
-                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                    _STATE["reason"] = f"build failed: {last[:200]}"
-                    log.warning("fused CPU row kernel unavailable (%s); using torch ops", _STATE["reason"])
+                    _STATE["module"] = _import_built()
+                    if _STATE["module"] is None:
+                        _STATE["reason"] = "not built (run `make setup`)"
+                except Exception as exc:  # a broken or foreign build: the torch ops still work
+                    _STATE["reason"] = f"build unusable: {str(exc).strip()[:200]}"
+            if _STATE["reason"] is not None:
+                log.warning("fused CPU row kernel unavailable (%s); using torch ops", _STATE["reason"])
         return _STATE["module"]
 
 
@@ -80,6 +125,12 @@ def unavailable_reason() -> Optional[str]:
     return _STATE.get("reason")
 
 
-def report() -> str:
-    """One line for set-up logs and `python -m compute` diagnostics; builds the kernel if needed."""
+def report(build_if_missing: bool = False) -> str:
+    """One line for set-up logs and diagnostics; with build_if_missing (set-up) it compiles first."""
+    if build_if_missing and enabled() and _cpu_has_avx2_fma() and row_kernel() is None:
+        try:
+            build()
+        except Exception as exc:  # no compiler, no ninja, no headers: the torch ops still work
+            last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            return f"fused CPU row kernel: not used (build failed: {last[:200]})"
     return "fused CPU row kernel: " + ("in use" if row_kernel() is not None else f"not used ({unavailable_reason()})")
