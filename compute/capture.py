@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from kernels import StatsConfig, VariantMask, attention_stats
+from kernels import StatsConfig, VariantMask, attention_stats, supports_observer
 from kernels.stats_types import AttentionStats
 
 from .errors import Cancelled, UserError
@@ -41,6 +41,33 @@ class AttentionCall:
 
 # hook(call, out [B,H,Nq,Dv]) -> new out (or None to keep it)
 OutputHook = Callable[[AttentionCall, torch.Tensor], Optional[torch.Tensor]]
+# observer(layer, a, e, p [B, H, e - a, kend]): exact probabilities of query rows a..e-1 (kernels' RowObserver)
+RowObserver = Callable[[int, int, int, torch.Tensor], None]
+
+
+def stats_rows(call: AttentionCall, a: int, e: int, config: StatsConfig):
+    """attention_stats of query rows [a, e) against the keys they can see (torch path). With a causal
+    mask, rows [a, e) see keys [0, e): they are passed as the last e - a positions, which they are."""
+    kend = e if call.causal else call.k.shape[2]
+    kv = None if call.key_valid is None else call.key_valid[:, :kend]
+    return attention_stats(call.q[:, :, a:e], call.k[:, :, :kend], None, scale=call.scale, causal=call.causal,
+                           key_valid=kv, config=config, backend="torch")
+
+
+def row_blocks(call: AttentionCall, rows: Optional[tuple[int, int]] = None,
+               mem_budget_mb: int = 256):
+    """Yield (a, e, P) with P [B, H, e - a, kend] the exact attention rows a..e-1 (float32, CPU),
+    recomputed from the call's q/k in blocks bounded by the budget (never n x n for all heads)."""
+    b, h, nq, _ = call.q.shape
+    nk = call.k.shape[2]
+    r0, r1 = rows if rows is not None else (0, nq)
+    # The dense block plus attention_stats' own transient buffers: about 4 fp32 copies.
+    per_row = max(1, b * h * nk * 4 * 4)
+    step = max(1, min(r1 - r0, (mem_budget_mb << 20) // per_row))
+    cfg = StatsConfig(full_maps=True, mem_budget_mb=mem_budget_mb)
+    for a in range(r0, r1, step):
+        e = min(r1, a + step)
+        yield a, e, stats_rows(call, a, e, cfg).maps.float().cpu()
 
 
 @dataclass
@@ -49,6 +76,9 @@ class CaptureSession:
 
     stats=False runs a differentiable sdpa path (for gradients through head gates).
     keep_qkv: True, or a set of layer indices, keeps CPU copies of q/k/v for on-demand maps/variants.
+    row_observer: sees the exact probability rows of every captured layer in the same pass: handed to
+    the kernel where the backend supports it, else recomputed from q/k for observer_rows (a (start,
+    end) query range, None = all rows) right after the layer's statistics.
     """
 
     config: StatsConfig = field(default_factory=StatsConfig)
@@ -58,6 +88,8 @@ class CaptureSession:
     keep_qkv: bool | set = False
     output_hook: Optional[OutputHook] = None
     progress: Optional[Callable[[int], None]] = None      # called with the layer index when done
+    row_observer: Optional[RowObserver] = None
+    observer_rows: Optional[tuple] = None
     results: dict = field(default_factory=dict)            # layer -> AttentionStats (CPU)
     calls: dict = field(default_factory=dict)              # layer -> AttentionCall (CPU copies)
     _token: object = None
@@ -135,12 +167,20 @@ def instrumented_attention_forward(module, query, key, value, attention_mask, dr
         out = sdpa_reference(call)
     else:
         variant = VariantMask(window=call.window) if call.window else None
-        st: AttentionStats = attention_stats(query, key, value, scale=call.scale, causal=causal,
-                                             key_valid=call.key_valid, config=sess.config,
-                                             variant=variant, backend=sess.backend)
+        obs = sess.row_observer
+        native = obs is not None and supports_observer(sess.backend)
+        st: AttentionStats = attention_stats(
+            query, key, value, scale=call.scale, causal=causal, key_valid=call.key_valid, config=sess.config,
+            variant=variant, backend=sess.backend,
+            observer=(lambda a, e, p, _l=call.layer: obs(_l, a, e, p)) if native else None)
         out = st.out
         st.out = None
         sess.results[call.layer] = st.to("cpu")
+        if obs is not None and not native:
+            if call.window:
+                raise UserError("row reductions of sliding-window layers need the torch backend (--backend torch)")
+            for a, e, p in row_blocks(call, sess.observer_rows, sess.config.mem_budget_mb):
+                obs(call.layer, a, e, p)
     if sess is not None:
         if sess.wants_qkv(call.layer):
             sess.calls[call.layer] = AttentionCall(call.layer, query.detach().cpu(), key.detach().cpu(),

@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,7 +29,9 @@ import numpy as np
 from .errors import InputError, UserError
 
 N_BUCKETS = 10
-CORPUS_VERSION = 1          # bump when the per-text summary changes (invalidates cached task results)
+CORPUS_VERSION = 2          # bump when the per-text summary changes (invalidates cached task results)
+# The sections each corpus text gets (roles with syntax and the text's own induction; no head graph).
+CORPUS_SECTIONS = None      # None: AnalysisSettings(graphs=False)
 
 
 # ---------------------------------------------------------------- input
@@ -127,11 +127,30 @@ def summarize(res, n_buckets: int = N_BUCKETS, lm=None) -> dict:
 
     metrics = {k: np.asarray(v, dtype=float) for k, v in head_summary(res).items()}
     metrics.update(role_scores(res, lm))
+    roles = res.extras.get("roles") or {}
+    for name, v in (roles.get("scores") or {}).items():       # the full role set of the pipeline's sections
+        metrics[f"role_{name}"] = np.asarray(v, dtype=float)
     mass, recv = positional_calibration(res.colsum.astype(np.float64), res.n_queries.astype(np.float64),
                                         n_buckets)
     return {"n_tokens": res.n_tokens, "n_layers": res.n_layers, "n_heads": res.n_heads, "model": res.model,
             "metrics": {k: _tolist(v) for k, v in metrics.items()},
-            "position_mass": _tolist(mass), "position_received": _tolist(recv), "loss": res.loss}
+            "position_mass": _tolist(mass), "position_received": _tolist(recv), "loss": res.loss,
+            "labels": roles.get("labels")}
+
+
+def role_stability(labels: list) -> dict:
+    """Pure: per-text role labels [texts][L][H] -> {'role_mode': [L][H] the most frequent role (ties: the
+    first in sorted order), 'role_stability': [L][H] the share of texts on which the head has it}."""
+    arr = np.asarray(labels, dtype=object)                     # [T, L, H]
+    T, L, H = arr.shape
+    mode = np.empty((L, H), dtype=object)
+    share = np.zeros((L, H))
+    for l in range(L):
+        for h in range(H):
+            names, counts = np.unique(arr[:, l, h].astype(str), return_counts=True)
+            k = int(np.argmax(counts))
+            mode[l, h], share[l, h] = str(names[k]), counts[k] / T
+    return {"role_mode": mode.tolist(), "role_stability": share.tolist()}
 
 
 def _tolist(a) -> dict:
@@ -146,10 +165,11 @@ def _array(x: dict) -> np.ndarray:
 
 
 def analyze_one(lm, text: str, opts, time_limit_s: Optional[float] = None, n_buckets: int = N_BUCKETS) -> dict:
-    """Analyse one text under the server limits and summarise it."""
-    from .limits import analyze_limited
+    """Analyse one text through the pipeline (every limit applied there) and summarise it."""
+    from .analysis.settings import AnalysisSettings
+    from .pipeline import analyze
 
-    res = analyze_limited(lm, text, opts, time_limit_s=time_limit_s)
+    res = analyze(lm, text, opts, CORPUS_SECTIONS or AnalysisSettings(graphs=False), time_limit_s=time_limit_s)
     return summarize(res, n_buckets, lm)
 
 
@@ -179,6 +199,14 @@ def aggregate(items: list[tuple[str, str]], results: dict[str, dict], meta: dict
     for metric in sums[0]["metrics"]:
         heads[metric] = _mean_std(np.stack([_array(s["metrics"][metric]) for s in sums if metric in s["metrics"]]))
     out["heads"] = heads
+    labelled = [s["labels"] for s in sums if s.get("labels")]
+    if labelled:
+        rs = role_stability(labelled)
+        out.update(rs)
+        out["role_stability_texts"] = len(labelled)
+        out["per_head"] = [{"id": f"{l}.{h}", "layer": l, "head": h, "role_mode": rs["role_mode"][l][h],
+                            "role_stability": rs["role_stability"][l][h]}
+                           for l in range(len(rs["role_mode"])) for h in range(len(rs["role_mode"][0]))]
     cal = {}
     for key in ("position_mass", "position_received"):
         stack = np.stack([_array(s[key]) for s in sums])                  # [texts, L, H, B]
@@ -237,88 +265,3 @@ def run_in_process(items, lm, opts, time_limit_s=None, n_buckets: int = N_BUCKET
         if on_done:
             on_done(tid, results[tid])
     return results
-
-
-def run_corpus(corpus_path: str, out_dir: str, model: str, opts, *, redis_url: Optional[str] = None,
-               n_buckets: int = N_BUCKETS, per_text: bool = False, quiet: bool = False,
-               time_limit_s: Optional[float] = None, device: Optional[str] = None, log=None) -> dict:
-    """Analyse a corpus file and write out_dir/corpus.json (+ texts/NNNNN.json with per_text)."""
-    from . import settings
-    from .limits import limited_options
-
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    items = read_corpus(corpus_path)
-    opts = limited_options(opts)
-    opts.validate()
-    redis_url = settings.get("REDIS_URL") if redis_url is None else redis_url
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=len(items), desc="corpus", unit="text", file=sys.stderr, mininterval=0.5)
-
-    def on_done(tid, r):
-        if bar is not None:
-            bar.update(1)
-
-    mode = "in-process"
-    results = None
-    try:
-        if redis_url:
-            from . import tasks
-            reason = tasks.unavailable_reason(redis_url)
-            if reason is None:
-                mode = "celery"
-                results = tasks.run_distributed(items, model, asdict(opts), redis_url, n_buckets=n_buckets,
-                                                time_limit_s=time_limit_s, on_done=on_done)
-            else:
-                log(f"warning: {reason}; analysing the corpus in this process instead")
-        if results is None:
-            from .limits import load_model_limited
-            lm = load_model_limited(model, device)
-            results = run_in_process(items, lm, opts, time_limit_s, n_buckets, on_done)
-    finally:
-        if bar is not None:
-            bar.close()
-    meta = {"model": model, "options": asdict(opts), "mode": mode, "n_buckets": n_buckets,
-            "corpus": str(corpus_path), "run_key": run_key(items, model, asdict(opts), n_buckets)}
-    agg = aggregate(items, results, meta)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "corpus.json.tmp"
-    tmp.write_text(json.dumps(agg, indent=1, allow_nan=False))
-    tmp.replace(out / "corpus.json")                 # never a half-written corpus.json
-    if per_text:
-        tdir = out / "texts"
-        tdir.mkdir(exist_ok=True)
-        for i, (tid, _) in enumerate(items):
-            if tid in results:
-                (tdir / f"{i:05d}.json").write_text(json.dumps({"id": tid, **results[tid]}, allow_nan=False))
-    return agg
-
-
-# ---------------------------------------------------------------- CLI
-
-def add_args(p) -> None:
-    """Corpus flags of `python -m compute analyze` (the --corpus source itself is in cli.add_model_args)."""
-    p.add_argument("--buckets", type=int, default=N_BUCKETS,
-                   help=f"corpus mode: relative-position buckets of the positional calibration (default {N_BUCKETS})")
-    p.add_argument("--per-text", action="store_true", help="corpus mode: also write DIR/texts/NNNNN.json per text")
-
-
-def run_cli(args) -> int:
-    from .cli_analyze import options_from_args
-
-    if not 1 <= args.buckets <= 1000:
-        raise InputError("--buckets must be between 1 and 1000")
-    opts = options_from_args(args)
-    agg = run_corpus(args.corpus, args.out, args.model, opts, n_buckets=args.buckets, per_text=args.per_text,
-                     quiet=args.quiet, device=args.device)
-    print(f"wrote {args.out}/corpus.json ({agg['n_texts']} texts aggregated, {agg['n_failed']} failed, "
-          f"mode {agg['mode']})", file=sys.stderr)
-    for tid, msg in list(agg["failed"].items())[:10]:
-        print(f"warning: text {tid[:80]!r}: {msg}", file=sys.stderr)
-    if agg["missing"]:
-        raise UserError(f"{len(agg['missing'])} texts got no result (first: {agg['missing'][0][:80]!r})")
-    if agg["n_texts"] == 0:
-        raise UserError("no text of the corpus could be analysed")
-    return 0

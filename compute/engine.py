@@ -1,50 +1,24 @@
-"""Run a model on a text with instrumented attention and collect exact statistics per layer x head."""
+"""The instrumented forward: run a model on token ids and collect exact statistics per layer x head
+(plus tokenising helpers). compute.pipeline orchestrates an analysis around it."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from kernels import StatsConfig, resolve_backend
-from kernels.backend import BackendUnavailable
+from kernels import StatsConfig
 from kernels.torch_stats import logsumexp_argmax
 
-from .capture import CaptureSession, check_cancel
+from .capture import CaptureSession, RowObserver, check_cancel
 from .errors import InputError, UserError
 from .models import LoadedModel
+from .options import AnalysisOptions
 from .result import AttentionResult
 
 Progress = Callable[[float, str], None]      # (fraction done in [0, 1], message)
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    backend: str = "auto"
-    sink_tokens: int = 4
-    local_window: int = 8
-    max_tokens: int = 8192
-    full_map_max: int = 1024        # store dense maps of every head up to this many tokens
-    pool_cells: int = 128           # pooled maps: about this many cells per side
-    mem_budget_mb: int = 256
-    compute_loss: bool = True
-
-    def validate(self) -> None:
-        if self.sink_tokens < 1:
-            raise InputError("sink count must be at least 1")
-        if self.local_window < 1:
-            raise InputError("local window must be at least 1")
-        if self.max_tokens < 1:
-            raise InputError("max tokens must be at least 1")
-        if self.pool_cells < 1 or self.mem_budget_mb < 1:
-            raise InputError("pool cells and memory budget must be positive")
-
-    def stats_config(self, n_tokens: int) -> StatsConfig:
-        return StatsConfig(sink_tokens=self.sink_tokens, local_window=self.local_window,
-                           pool_cells=self.pool_cells, full_maps=n_tokens <= self.full_map_max,
-                           mem_budget_mb=self.mem_budget_mb)
 
 
 def validate_text(text) -> str:
@@ -61,13 +35,16 @@ def validate_text(text) -> str:
     return text
 
 
-def tokenize(lm: LoadedModel, text: str, max_tokens: int) -> list[int]:
+def encode(lm: LoadedModel, text: str, max_tokens: int) -> tuple[list[int], Optional[list]]:
+    """Tokenise once: (ids, the fast tokenizer's character offsets or None). Raises InputError."""
     validate_text(text)
     # Cheap guard before tokenising megabytes: no tokenizer makes fewer tokens than chars / 64.
     limit = min(max_tokens, lm.info.max_positions)
     if len(text) > 64 * limit:
         raise InputError(f"the text is {len(text):,} characters, far more than the limit of {limit:,} tokens")
-    ids = lm.tokenizer(text, add_special_tokens=True)["input_ids"]
+    fast = getattr(lm.tokenizer, "is_fast", False)
+    enc = lm.tokenizer(text, add_special_tokens=True, **({"return_offsets_mapping": True} if fast else {}))
+    ids = list(enc["input_ids"])
     if len(ids) > lm.info.max_positions:
         raise InputError(f"the text is {len(ids):,} tokens; {lm.info.name} reads at most "
                          f"{lm.info.max_positions:,}")
@@ -75,7 +52,11 @@ def tokenize(lm: LoadedModel, text: str, max_tokens: int) -> list[int]:
         raise InputError(f"the text is {len(ids):,} tokens; the limit is {max_tokens:,} (max tokens)")
     if not ids:
         raise InputError("the text gives no tokens")
-    return ids
+    return ids, (list(enc["offset_mapping"]) if fast else None)
+
+
+def tokenize(lm: LoadedModel, text: str, max_tokens: int) -> list[int]:
+    return encode(lm, text, max_tokens)[0]
 
 
 def token_strings(lm: LoadedModel, ids: list[int]) -> list[str]:
@@ -85,12 +66,13 @@ def token_strings(lm: LoadedModel, ids: list[int]) -> list[str]:
 def capture(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
             config: StatsConfig = StatsConfig(), backend: str = "torch", keep_qkv=False, layers=None,
             output_hook=None, progress: Optional[Callable[[int], None]] = None,
-            return_hidden: bool = False, **model_kwargs):
+            return_hidden: bool = False, row_observer=None, observer_rows=None, **model_kwargs):
     """One no-grad forward of the base model under a CaptureSession. Returns (session, hidden).
     model_kwargs go to the model (e.g. position_ids for left-padded batches)."""
     base = _base_model(lm.model)
     sess = CaptureSession(config=config, backend=backend, keep_qkv=keep_qkv, layers=layers,
-                          output_hook=output_hook, progress=progress)
+                          output_hook=output_hook, progress=progress, row_observer=row_observer,
+                          observer_rows=observer_rows)
     with torch.no_grad(), sess:
         out = base(input_ids=input_ids.to(lm.device),
                    attention_mask=None if attention_mask is None else attention_mask.to(lm.device),
@@ -127,19 +109,14 @@ def stack_layers(results: dict, n_layers: int, name: str, batch: int = 0) -> np.
     return np.stack([getattr(results[l], name)[batch].numpy() for l in range(n_layers)])
 
 
-def analyze_text(lm: LoadedModel, text: str, opts: AnalysisOptions = AnalysisOptions(),
-                 progress: Optional[Progress] = None,
-                 cancel: Optional[Callable[[], bool]] = None) -> AttentionResult:
-    """Full analysis of one text. Raises UserError (InputError, BackendUnavailable...) on bad input."""
-    opts.validate()
-    try:
-        backend = resolve_backend(opts.backend, lm.device)
-    except BackendUnavailable as exc:
-        raise UserError(str(exc)) from None
-    ids = tokenize(lm, text, opts.max_tokens)
+def forward_stats(lm: LoadedModel, ids: list[int], text: str, opts: AnalysisOptions, backend: str, *,
+                  progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
+                  row_observer: Optional[RowObserver] = None, observer_rows: Optional[tuple] = None
+                  ) -> AttentionResult:
+    """The one instrumented forward of an analysis: every layer's statistics (and, through row_observer,
+    whatever reductions of the exact probabilities the caller planned), plus the next-token loss from
+    the same hidden states. Validation, tokenising and limits are the pipeline's (compute.pipeline)."""
     n = len(ids)
-    from .limits import check_memory  # refuse, before computing, work that would not fit in memory
-    check_memory(lm, n, opts)
     cfg = opts.stats_config(n)
     L = lm.info.n_layers
     t0 = time.perf_counter()
@@ -152,7 +129,8 @@ def analyze_text(lm: LoadedModel, text: str, opts: AnalysisOptions = AnalysisOpt
     if progress is not None:
         progress(0.0, f"{n} tokens")
     input_ids = torch.tensor([ids])
-    sess, hidden = capture(lm, input_ids, config=cfg, backend=backend, progress=on_layer, return_hidden=opts.compute_loss)
+    sess, hidden = capture(lm, input_ids, config=cfg, backend=backend, progress=on_layer,
+                           return_hidden=opts.compute_loss, row_observer=row_observer, observer_rows=observer_rows)
     t1 = time.perf_counter()
     nll, top1 = next_token_loss(lm, hidden, input_ids) if opts.compute_loss else (None, None)
     r = sess.results
@@ -173,5 +151,5 @@ def analyze_text(lm: LoadedModel, text: str, opts: AnalysisOptions = AnalysisOpt
         maps=maps, token_nll=nll, token_top1=top1,
         timings={"forward_s": t1 - t0, "total_s": time.perf_counter() - t0}, **arrays)
     if progress is not None:
-        progress(1.0, "done")
+        progress(1.0, "forward done")
     return res

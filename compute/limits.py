@@ -120,7 +120,7 @@ class MemoryEstimate:
 def estimate_memory(dims: ModelDims, n_tokens: int, *, full_map_max: int = 1024, pool_cells: int = 128,
                     mem_budget_mb: int = 256, compute_loss: bool = True, keep_qkv_layers: int = 0
                     ) -> MemoryEstimate:
-    """Peak memory of engine.analyze_text on one text of n_tokens (fp32 model, batch 1), by part.
+    """Peak memory of one pipeline analysis of one text of n_tokens (fp32 model, batch 1), by part.
 
     Deliberately an upper estimate: factors cover the temporaries torch keeps alive at once.
     """
@@ -183,7 +183,7 @@ def check_memory(lm, n_tokens: int, opts, keep_qkv_layers: int = 0) -> MemoryEst
 # ---------------------------------------------------------------- time
 
 class Deadline:
-    """A cancel callback for engine.analyze_text: raises TimeLimitExceeded once the time is up, and
+    """A cancel callback for the pipeline's forward: raises TimeLimitExceeded once the time is up, and
     passes through an outer cancel flag. The engine calls it after every layer (cooperative)."""
 
     def __init__(self, seconds: Optional[float] = None, cancel: Optional[Callable[[], bool]] = None):
@@ -276,28 +276,14 @@ def load_model_limited(name, device: Optional[str] = None):
         raise ModelNotFound(f"cannot load model {name.strip()[:200]!r}: {exc.__class__.__name__}: {exc}") from None
 
 
-# ---------------------------------------------------------------- one guarded analysis
+# ---------------------------------------------------------------- options
 
 def limited_options(opts=None):
     """AnalysisOptions with max_tokens capped by ATTNVIS_MAX_TOKENS."""
     from dataclasses import replace
 
-    from .engine import AnalysisOptions
+    from .options import AnalysisOptions
 
     opts = opts or AnalysisOptions()
     cap = settings.get("ATTNVIS_MAX_TOKENS")
     return replace(opts, max_tokens=min(opts.max_tokens, cap)) if cap else opts
-
-
-def analyze_limited(lm, text: str, opts=None, progress=None, cancel=None, time_limit_s: Optional[float] = None):
-    """engine.analyze_text under every limit: text size, token cap, memory estimate (in the engine),
-    cooperative deadline after each layer, and a hard alarm (main thread only) a little later."""
-    from .engine import analyze_text
-
-    check_text_size(text)
-    opts = limited_options(opts)
-    deadline = Deadline(time_limit_s, cancel)
-    hard = deadline.seconds * 1.5 + 5 if deadline.seconds else None
-    with hard_time_limit(hard):
-        return analyze_text(lm, text, opts, progress=progress, cancel=deadline)
-

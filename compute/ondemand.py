@@ -54,7 +54,7 @@ def layer_qk(lm, token_ids: list[int], layer: int) -> dict:
 def head_block(qk: dict, head: int, q0: int, q1: int, k0: int, k1: int, mem_budget_mb: int = 128) -> np.ndarray:
     """Exact attention weights of one head, query rows [q0, q1) x key columns [k0, k1), float32.
     Keys a causal row cannot see are 0 (the figure blanks them)."""
-    from .analysis.live import row_blocks
+    from .capture import row_blocks
 
     q, k = qk["q"], qk["k"]
     n_heads, n = q.shape[0], q.shape[1]

@@ -126,7 +126,7 @@ def corpus_text(self, run: str, text_id: str, text: str, model: str, opts: dict,
                 time_limit_s: Optional[float] = None) -> dict:
     """Analyse one corpus text -> {"id", "ok", "summary"|"error", "worker"}; idempotent per (run, id)."""
     from .corpus import analyze_one
-    from .engine import AnalysisOptions
+    from .options import AnalysisOptions
     from .errors import UserError
     from .limits import load_model_limited
 

@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 
 from .stats_types import AttentionStats, StatsConfig, VariantMask
-from .torch_stats import attention_stats_torch
+from .torch_stats import RowObserver, attention_stats_torch
 
-BACKENDS = ("auto", "torch", "triton")
+from .names import BACKENDS  # noqa: F401 (re-export)
 
 
 class BackendUnavailable(RuntimeError):
@@ -47,13 +47,22 @@ def resolve_backend(name: str = "auto", device: Optional[torch.device | str] = N
                              "(CPU interpreter, slow: tests only); use --backend torch")
 
 
+def supports_observer(backend: str) -> bool:
+    """Whether the backend can hand each chunk's probabilities to a RowObserver (torch only: the Triton
+    kernels never hold a row block in memory; callers recompute the rows they need from q/k instead)."""
+    return backend == "torch"
+
+
 def attention_stats(q, k, v, *, scale: float, causal: bool, key_valid=None,
                     config: StatsConfig = StatsConfig(), variant: Optional[VariantMask] = None,
-                    backend: str = "torch") -> AttentionStats:
-    """Dispatch to a concrete backend (see resolve_backend). Same semantics and outputs for all."""
+                    backend: str = "torch", observer: Optional[RowObserver] = None) -> AttentionStats:
+    """Dispatch to a concrete backend (see resolve_backend). Same semantics and outputs for all.
+    observer: see torch_stats.RowObserver; only where supports_observer(backend)."""
     if backend == "torch":
         return attention_stats_torch(q, k, v, scale=scale, causal=causal, key_valid=key_valid,
-                                     config=config, variant=variant)
+                                     config=config, variant=variant, observer=observer)
+    if observer is not None:
+        raise BackendUnavailable(f"backend {backend!r} cannot observe row blocks")
     if backend == "triton":
         from .triton_stats import attention_stats_triton  # imported lazily: triton is optional
         return attention_stats_triton(q, k, v, scale=scale, causal=causal, key_valid=key_valid,

@@ -9,7 +9,7 @@ Definitions live in stats_types; reference.py is the dense fp64 oracle.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -18,6 +18,13 @@ from .positions import key_validity, positions, query_positions, query_validity
 from .stats_types import AttentionStats, StatsConfig, VariantMask, dist_bin_edges
 
 NEG = -1.0e30          # finite mask value: exp underflows to 0 and 0 * NEG stays 0 (no NaN)
+
+# observer(a, e, p): p [B, H, e - a, kend] float32 holds the exact attention probabilities of query rows
+# a..e-1 against keys 0..kend-1 (invisible keys and rows with no visible key are 0). Called once per
+# chunk, in row order, before the chunk's buffer is reused; p must not be kept or modified. It lets
+# callers reduce rows they need (sparse pairs, diagonals, region column sums) in the same pass that
+# computes the statistics, instead of recomputing attention.
+RowObserver = Callable[[int, int, torch.Tensor], None]
 
 
 CHUNK_BYTES = 8 << 20  # one fp32 score buffer of a chunk: small enough that its ~10 passes run from cache
@@ -139,8 +146,10 @@ def _row_blocks(x: torch.Tensor, a: int, pool: int, op: str) -> torch.Tensor:
 def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Tensor], *, scale: float,
                           causal: bool, key_valid: Optional[torch.Tensor] = None,
                           config: StatsConfig = StatsConfig(),
-                          variant: Optional[VariantMask] = None) -> AttentionStats:
-    """q [B,H,Nq,D]; k, v [B,Hkv,Nk,D] (any strides, H a multiple of Hkv); v=None: stats only."""
+                          variant: Optional[VariantMask] = None,
+                          observer: Optional[RowObserver] = None) -> AttentionStats:
+    """q [B,H,Nq,D]; k, v [B,Hkv,Nk,D] (any strides, H a multiple of Hkv); v=None: stats only.
+    observer(a, e, p) sees every chunk's exact probabilities (see RowObserver) while they are hot."""
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     if h % hkv:
@@ -283,6 +292,8 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
                 mb = mb * has.unsqueeze(-1)
             lse_c = torch.where(has, lse_c, torch.full((), float("-inf"), device=dev))
             ent_c = torch.where(has, ent_c, torch.zeros((), device=dev))
+        if observer is not None:
+            observer(a, e, p.view(b, h, rr, kend))
         lse[:, :, a:e] = lse_c.view(b, h, rr)
         ent[:, :, a:e] = ent_c.view(b, h, rr)
         top1p[:, :, a:e] = torch.where(has, torch.exp(-log_l), torch.zeros((), device=dev)).view(b, h, rr)

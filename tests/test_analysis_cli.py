@@ -33,7 +33,7 @@ def test_cli_writes_analysis_sections(tmp_path):
 
 
 def _settings(*args):
-    from compute.analysis.cli_args import settings_from_args
+    from compute.cli.analysis_args import settings_from_args
     from compute.cli import build_parser
     a = build_parser().parse_args(["analyze", "--text", "x", "--out", "o", *args])
     return settings_from_args(a) if a.analysis else None
@@ -55,7 +55,7 @@ def test_flags_map_to_settings():
     (["--probes", "induction,needle"], "unknown probe"),
     (["--important", "1"], "--important needs --items"),
     (["--important", "a"], "comma-separated integers"),
-    (["--sink-eps", "1.5"], "sink eps must be in [0, 1]"),
+    (["--sink-eps", "1.5"], "--sink-eps must be between 0 and 1"),
 ])
 def test_bad_analysis_flags(args, needle):
     from compute.errors import InputError
@@ -70,7 +70,7 @@ def test_cli_bad_flag_is_one_line_error(tmp_path):
 
 
 def test_item_spans_are_checked_before_the_model_loads(tmp_path):
-    from compute.analysis.cli_args import settings_from_args
+    from compute.cli.analysis_args import settings_from_args
     from compute.cli import build_parser
     from compute.errors import InputError
     spec = tmp_path / "items.json"

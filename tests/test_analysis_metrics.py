@@ -7,9 +7,9 @@ import torch
 
 from compute.analysis import basins, entropy, graphs, probes, roles, sinks, syntax
 from compute.analysis.common import delimiter_mask, plain
-from compute.analysis.live import region_colsum, row_blocks
+from compute.analysis.live import region_colsum
 from compute.analysis.settings import AnalysisSettings
-from compute.capture import AttentionCall
+from compute.capture import AttentionCall, row_blocks
 from compute.errors import InputError
 from tests.analysis_helpers import causal_rows, result_from_maps
 
@@ -213,20 +213,29 @@ def test_live_region_colsum_and_row_blocks_match_dense_softmax(causal):
     np.testing.assert_allclose(got, P, atol=1e-5)
 
 
-def test_syntax_reducer_sums_related_attention_and_offsets():
-    call = _call(np.random.default_rng(3), n=6)
+@pytest.mark.parametrize("causal", [True, False])
+def test_syntax_reductions_sum_related_attention_and_offsets(causal):
+    """The reductions fed the kernel's own probability blocks (tiny chunks) give the dense sums."""
+    from kernels.torch_stats import attention_stats_torch
+    from kernels import StatsConfig
+    call = _call(np.random.default_rng(3), n=6, causal=causal)
     P = _dense(call)
     rel = [np.array([], int), np.array([0]), np.array([0, 1]), np.array([], int), np.array([1, 3]), np.array([2, 4, 5])]
-    red = syntax.SyntaxReducer(rel, 4, 4)
-    red(call)
+    if causal:
+        rel = [r[r <= i] for i, r in enumerate(rel)]
+    mass, prof = syntax.syntax_reductions(rel, 4, 4)
+    attention_stats_torch(call.q, call.k, None, scale=call.scale, causal=causal, config=StatsConfig(mem_budget_mb=0),
+                          observer=lambda a, e, p: [r.on_block(3, a, e, p[0]) for r in (mass, prof)])
     want = np.stack([P[:, i, r].sum(-1) if len(r) else np.zeros(4) for i, r in enumerate(rel)], -1)
-    np.testing.assert_allclose(red.mass[3], want, atol=1e-5)
-    prof = np.zeros((4, 11))
+    np.testing.assert_allclose(mass.mass[3], want, atol=1e-5)
+    full = np.zeros((4, 11))
     for i in range(6):
-        for j in range(1, i + 1):
-            prof[:, i - j + 5] += P[:, i, j]
-    np.testing.assert_allclose(red.offset_sum[3], prof, atol=1e-5)
-    assert not red.mass[0].any()
+        for j in range(1, 6):
+            full[:, i - j + 5] += P[:, i, j]
+    got = prof.full(6)[3]
+    used = sorted({i - j for i, r in enumerate(rel) for j in r})
+    np.testing.assert_allclose(got[:, [d + 5 for d in used]], full[:, [d + 5 for d in used]], atol=1e-5)
+    assert not mass.mass[0].any() and not got[:, [d + 5 for d in range(-5, 6) if d not in used]].any()
 
 
 # ---------------------------------------------------------------- probes

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from compute.analysis import AnalysisSettings, ROLES, attach, run_analysis
+from compute.analysis import AnalysisSettings, ROLES, attach
 from compute.analysis import basins, graphs, importance, probes, sinks, syntax
 from compute.analysis.tokens import token_char_spans
-from compute.engine import analyze_text
+from compute.pipeline import analyze as analyze_text
 from compute.report import build_report
 from tests.helpers import eager_twin
 
@@ -27,6 +27,11 @@ def eager_maps(model, ids) -> np.ndarray:
     with torch.no_grad():
         att = base(input_ids=torch.tensor([list(ids)]), output_attentions=True).attentions
     return np.stack([a[0].double().numpy() for a in att])
+
+
+def run_analysis(lm, res, settings):
+    """The sections the pipeline builds for res's text (one forward, as every caller gets them)."""
+    return analyze_text(lm, res.text, None, settings).extras
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +152,7 @@ def test_syntactic_alignment_matches_eager(smollm, smollm_eager, sentence_res):
     res = sentence_res
     out = run_analysis(smollm, res, AnalysisSettings(graphs=False))
     assert out["syntax"]["available"]
-    related, _ = syntax.prepare(smollm, res, token_char_spans(smollm, res.text, res.token_ids))
+    related, _, _ = syntax.prepare(res.text, res.causal, token_char_spans(smollm, res.text, res.token_ids))
     A = eager_maps(smollm_eager, res.token_ids)
     N = res.n_tokens
     rows = [i for i, r in enumerate(related) if len(r)]
@@ -206,7 +211,7 @@ def test_report_sections_and_head_fields(smollm, sentence_res):
     rec = rep["heads"][0]
     assert set(rec["role_scores"]) == {"sink", "previous-token", "local", "broad", "delimiter", "syntactic"}
     assert isinstance(rec["community"], int) and isinstance(rec["collapsed"], bool)
-    assert rep["roles"]["unavailable"]["induction"].startswith("probe not run")
+    assert "induction probe was not run" in rep["roles"]["unavailable"]["induction"]
     hg = rep["graphs"]["heads"]
     assert len(hg["nodes"]) == 270 and sorted(n for c in hg["communities"] for n in c) == sorted(n["id"] for n in hg["nodes"])
     assert hg["mean_js_within_layer"] is not None and 0 <= hg["modularity"] <= 1

@@ -106,3 +106,42 @@ def test_triton_backend_report_equals_torch(tmp_path):
         for key, va in ra.items():
             if isinstance(va, float):
                 assert abs(va - rb[key]) <= 1e-4, (ra["layer"], ra["head"], key)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sink-tokens", "1000000000"], "--sink-tokens must be between 1 and 64"),
+    (["--pool-cells", "1000000000"], "--pool-cells must be between 2 and 1,024"),
+    (["--full-map-max", "-1"], "--full-map-max must be between 0 and 8,192"),
+    (["--local-window", "0"], "--local-window must be between 1"),
+    (["--graph-knn", "100000"], "--graph-knn must be between 1 and 64"),
+])
+def test_out_of_range_options_fail_before_any_model_loads(tmp_path, args, needle):
+    import time
+    text = tmp_path / "t.txt"
+    text.write_text("A short text.")
+    t0 = time.monotonic()
+    # an unknown model: had the options not been checked first, the error would name the model
+    proc = run_cli("analyze", "--model", "no-such-model", "--text-file", str(text), "--out", str(tmp_path / "o"), *args)
+    assert_one_line_error(proc, needle)
+    assert time.monotonic() - t0 < 10
+
+
+def test_out_naming_an_existing_file_fails_before_the_analysis(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("A short text.")
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    proc = run_cli("analyze", "--model", "no-such-model", "--text-file", str(text), "--out", str(out))
+    assert_one_line_error(proc, "a file of that name exists")
+    assert out.read_text() == "not a folder"
+
+
+def test_compare_layer_ranges_are_bounded_before_expanding(tmp_path):
+    import time
+    text = tmp_path / "t.txt"
+    text.write_text("A short text.")
+    t0 = time.monotonic()
+    proc = run_cli("compare", "--model", "no-such-model", "--text-file", str(text), "--out", str(tmp_path / "o"),
+                   "--variants", "window:4", "--layers", "0-100000000")
+    assert_one_line_error(proc, "out of range")
+    assert time.monotonic() - t0 < 10

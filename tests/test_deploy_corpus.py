@@ -8,15 +8,16 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 
-from compute import corpus, tasks
+from compute import corpus, corpus_run, tasks
 from compute.limits import limited_options
 from compute.cli import main as cli_main
-from compute.engine import AnalysisOptions
+from compute.options import AnalysisOptions
 from compute.errors import InputError
 
 from deploy_procs import REDIS_BIN, Redis, base_env, celery_worker, shared_cache_dir, stop, wait_log
@@ -110,7 +111,7 @@ def test_aggregate_by_hand_and_once_per_id():
 def inprocess(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus_inproc")
     f = write_corpus(d / "c.jsonl")
-    agg = corpus.run_corpus(str(f), str(d / "out"), "smollm2-135m", OPTS, redis_url="", quiet=True, per_text=True)
+    agg = corpus_run.run_corpus(str(f), str(d / "out"), "smollm2-135m", OPTS, redis_url="", quiet=True, per_text=True)
     return agg
 
 
@@ -143,6 +144,25 @@ def test_inprocess_corpus_json(inprocess, tmp_path_factory):
     cal = np.array(agg["positional_calibration"]["position_mass"]["mean"], dtype=float)
     assert cal.shape == (L, H, corpus.N_BUCKETS)
     np.testing.assert_allclose(np.nansum(cal, -1), 1.0, atol=1e-6)    # each head's shares sum to 1
+    # role stability against the per-text labels (texts/NNNNN.json): the most frequent role and its share
+    out = Path(agg["corpus"]).parent / "out" / "texts"
+    labels = [json.loads(p.read_text())["summary"]["labels"] for p in sorted(out.glob("*.json"))]
+    assert len(labels) == len(TEXTS) == agg["role_stability_texts"]
+    from collections import Counter
+    for l, h in [(0, 0), (L - 1, H - 1), (L // 2, 3)]:
+        c = Counter(t[l][h] for t in labels)
+        top = max(c.values())
+        assert agg["role_stability"][l][h] == pytest.approx(top / len(TEXTS))
+        assert c[agg["role_mode"][l][h]] == top
+        rec = agg["per_head"][l * H + h]
+        assert rec["id"] == f"{l}.{h}" and rec["role_mode"] == agg["role_mode"][l][h]
+
+
+def test_role_stability_by_hand():
+    labels = [[["sink", "local"]], [["sink", "broad"]], [["mixed", "broad"]], [["sink", "local"]]]
+    rs = corpus.role_stability(labels)
+    assert rs["role_mode"] == [["sink", "broad"]]          # a 2-2 tie goes to the first name in sorted order
+    assert rs["role_stability"] == [[0.75, 0.5]]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +191,7 @@ def test_celery_fanout_gives_the_same_numbers(cluster, inprocess, monkeypatch):
     monkeypatch.setenv("ATTNVIS_TASK_VISIBILITY_S", "10")
     d = cluster["dir"]
     f = write_corpus(d / "same.jsonl")
-    agg = corpus.run_corpus(str(f), str(d / "same"), "smollm2-135m", OPTS, redis_url=cluster["redis"].url,
+    agg = corpus_run.run_corpus(str(f), str(d / "same"), "smollm2-135m", OPTS, redis_url=cluster["redis"].url,
                             quiet=True, per_text=True)
     assert agg["mode"] == "celery"
     assert_same_numbers(inprocess, agg)
@@ -189,7 +209,7 @@ def test_a_killed_worker_s_text_is_retried_and_counted_once(cluster, inprocess, 
 
     def submit():
         try:
-            out["agg"] = corpus.run_corpus(str(f), str(d / "kill"), "smollm2-135m", OPTS,
+            out["agg"] = corpus_run.run_corpus(str(f), str(d / "kill"), "smollm2-135m", OPTS,
                                            redis_url=cluster["redis"].url, quiet=True, per_text=True)
         except Exception as exc:  # reported below
             out["error"] = exc
@@ -227,7 +247,7 @@ def test_redis_down_falls_back_with_a_warning(tmp_path, inprocess):
     f = tmp_path / "c.jsonl"
     f.write_text(json.dumps({"id": "x", "text": TEXTS[0]}) + "\n")
     logs = []
-    agg = corpus.run_corpus(str(f), str(tmp_path / "o"), "smollm2-135m", OPTS,
+    agg = corpus_run.run_corpus(str(f), str(tmp_path / "o"), "smollm2-135m", OPTS,
                             redis_url=f"redis://127.0.0.1:{free_port()}/0", quiet=True, log=logs.append)
     assert agg["mode"] == "in-process" and agg["n_texts"] == 1
     assert len(logs) == 1 and logs[0].startswith("warning: Redis at redis://127.0.0.1:") and "in this process" in logs[0]

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from compute import limits, settings
-from compute.engine import AnalysisOptions, analyze_text, tokenize
+from compute.engine import tokenize
+from compute.options import AnalysisOptions
+from compute.pipeline import analyze as analyze_text
 from compute.errors import Cancelled, InputError, ModelNotFound
 from compute.models import load_model
 
@@ -89,7 +91,7 @@ def test_token_cap_applies_to_requested_options(env, lm):
     env.setenv("ATTNVIS_MAX_TOKENS", "16")
     assert limits.limited_options(AnalysisOptions(max_tokens=8192)).max_tokens == 16
     with pytest.raises(InputError, match="the limit is 16"):
-        limits.analyze_limited(lm, words(20))
+        analyze_text(lm, words(20))
 
 
 # ---------------------------------------------------------------- memory
@@ -176,14 +178,14 @@ def test_time_limit_stops_between_layers(env, lm):
     seen = []
     t0 = time.monotonic()
     with pytest.raises(limits.TimeLimitExceeded, match="time limit of 0.01 s"):
-        limits.analyze_limited(lm, words(30), AnalysisOptions(compute_loss=False), time_limit_s=0.01,
+        analyze_text(lm, words(30), AnalysisOptions(compute_loss=False), time_limit_s=0.01,
                                progress=lambda f, m: seen.append(m))
     layers_done = [m for m in seen if m.startswith("layer")]
     assert len(layers_done) < lm.info.n_layers, "the deadline was not checked after every layer"
     assert issubclass(limits.TimeLimitExceeded, Cancelled)
     # an outer cancel flag still works through the deadline
     with pytest.raises(Cancelled):
-        limits.analyze_limited(lm, words(5), time_limit_s=100, cancel=lambda: True)
+        analyze_text(lm, words(5), time_limit_s=100, cancel=lambda: True)
     assert time.monotonic() - t0 < 60
 
 
@@ -262,7 +264,7 @@ def test_server_mode_loads_registry_and_allowed_folders(server, lm):
     assert limits.load_model_limited("smollm2-135m") is lm
     small = limits.load_model_limited(str(server["good"]))
     assert small.info.n_layers == 2
-    res = limits.analyze_limited(small, "a small model in an allowed folder")
+    res = analyze_text(small, "a small model in an allowed folder")
     assert res.n_layers == 2 and np.isfinite(res.entropy).all()
 
 

@@ -32,20 +32,25 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from compute import models as _models
 from compute import settings as csettings
+from compute.analysis.settings import PROBES, AnalysisSettings
 from compute.errors import InputError, UserError
+from compute.options import AnalysisOptions, defaults
+from kernels.names import BACKENDS
 
 from . import state
 from .presets import DEFAULT_PRESET, PRESETS
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "app-1"
-DEFAULT_MODEL = "smollm2-135m"
-BACKENDS = ("auto", "torch", "triton")
+CACHE_VERSION = "app-2"
+DEFAULT_MODEL = _models.DEFAULT_MODEL
+BACKENDS = BACKENDS
 ITEMS = ("none", "auto")
-PROBES = ("induction", "retrieval")
-DEFAULT_MAX_TOKENS = 8192       # the input panel's and the export CLI's default (part of the cache key)
+PROBES = PROBES
+_ENGINE = defaults(AnalysisOptions)
+DEFAULT_MAX_TOKENS = _ENGINE["max_tokens"]   # the input panel's and the export CLI's default (part of the cache key)
 ZOOM_SPAN = 256                  # full-resolution window of long texts: ZOOM_SPAN x ZOOM_SPAN cells
 Progress = Callable[[float, str], None]
 
@@ -72,9 +77,9 @@ class Request:
 
     model: str = DEFAULT_MODEL
     text: str = PRESETS[DEFAULT_PRESET]["text"]
-    backend: str = "auto"
+    backend: str = _ENGINE["backend"]
     max_tokens: int = DEFAULT_MAX_TOKENS
-    sink_tokens: int = 4
+    sink_tokens: int = _ENGINE["sink_tokens"]
     items: str = "auto"
     probes: tuple = ()
     importance: bool = False
@@ -91,8 +96,9 @@ class Request:
         return d
 
 
-def make_request(model=None, text=None, backend="auto", max_tokens=DEFAULT_MAX_TOKENS, sink_tokens=4, items="auto",
-                 probes=(), importance=False, generate=0) -> Request:
+def make_request(model=None, text=None, backend=Request.backend, max_tokens=DEFAULT_MAX_TOKENS,
+                 sink_tokens=Request.sink_tokens, items=Request.items, probes=(), importance=False,
+                 generate=0) -> Request:
     """Validate the input panel's values (cheap checks only; the job checks the rest)."""
     from compute.limits import check_model_ref, check_text_size
 
@@ -111,8 +117,7 @@ def make_request(model=None, text=None, backend="auto", max_tokens=DEFAULT_MAX_T
         raise InputError("max tokens, sink count and tokens to generate must be whole numbers") from None
     if not 1 <= max_tokens <= cap:
         raise InputError(f"max tokens must be between 1 and {cap:,} (ATTNVIS_MAX_TOKENS)")
-    if not 1 <= sink_tokens <= 64:
-        raise InputError("sink count must be between 1 and 64")
+    AnalysisOptions(backend=backend, sink_tokens=sink_tokens, max_tokens=max_tokens).validate()
     if items not in ITEMS:
         raise InputError(f"items must be one of {', '.join(ITEMS)}")
     bad = set(probes or ()) - set(PROBES)
@@ -143,7 +148,8 @@ _WARM: dict[str, threading.Thread] = {}
 # importing a module leaves that module's import lock held forever in the child, which then hangs
 # the first time it imports the module itself.
 PRELOAD = ("torch", "transformers", "compute.engine", "compute.limits", "compute.summary", "compute.ondemand",
-           "compute.generate", "compute.analysis", "compute.analysis.sinks", "compute.analysis.entropy",
+           "compute.pipeline", "compute.generate", "compute.analysis.sections", "compute.analysis.plan",
+           "compute.analysis.reductions", "compute.analysis.text_roles", "compute.analysis.sinks", "compute.analysis.entropy",
            "compute.analysis.roles", "compute.analysis.graphs", "compute.analysis.basins",
            "compute.analysis.syntax", "compute.analysis.tokens", "compute.analysis.importance",
            "compute.analysis.probes", "compute.analysis.live", "compute.variants", "spacy")
@@ -218,10 +224,19 @@ def _progress(progress: Optional[Progress], lo: float, hi: float) -> Progress:
     return p
 
 
-def run_analysis(req: Request, progress: Optional[Progress] = None) -> str:
-    """Analyse the request and cache the result (runs in a job). Returns the key. Raises UserError."""
-    from compute.engine import AnalysisOptions
-    from compute.limits import analyze_limited
+def options_for(req: Request) -> tuple[AnalysisOptions, AnalysisSettings]:
+    """The pipeline's options for an app request (the app keeps full maps up to app_full_map_max)."""
+    opts = AnalysisOptions(backend=req.backend, sink_tokens=req.sink_tokens, max_tokens=req.max_tokens,
+                           full_map_max=app_full_map_max())
+    sections = AnalysisSettings(items="auto" if req.items == "auto" else None, probes=tuple(req.probes),
+                                importance=req.importance, ablation=False)
+    return opts, sections
+
+
+def run_analysis(req: Request, progress: Optional[Progress] = None, cancel=None) -> str:
+    """Analyse the request through compute.pipeline and cache the result (runs in a job). Returns the
+    key. Raises UserError."""
+    from compute.pipeline import analyze
 
     key = req.key()
     # this process's memory is not enough: the shared store may have lost (evicted, corrupted) the entry
@@ -238,90 +253,16 @@ def run_analysis(req: Request, progress: Optional[Progress] = None) -> str:
         text = g.text
         generation = {"prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
                       "continuation": g.continuation, "prompt_chars": len(g.prompt)}
-    opts = AnalysisOptions(backend=req.backend, sink_tokens=req.sink_tokens, max_tokens=req.max_tokens,
-                           full_map_max=app_full_map_max())
-    res = analyze_limited(lm, text, opts, progress=_progress(progress, 0.05, 0.45))
-    res.extras.update(_analysis_sections(lm, res, req, _progress(progress, 0.45, 0.97)))
+    opts, sections = options_for(req)
+    res = analyze(lm, text, opts, sections, progress=_progress(progress, 0.05, 0.97), cancel=cancel)
+    if req.items == "none":
+        res.extras["basin"] = {"available": False, "reason": "items are off (choose 'auto' under options)"}
     if generation is not None:
         res.extras["generation"] = generation
     p(0.98, "saving")
     _store_result(key, req, res)
     p(1.0, "done")
     return key
-
-
-def _analysis_sections(lm, res, req: Request, progress: Progress) -> dict:
-    """compute.analysis sections (sinks, entropy, roles, graphs, basin...) plus the token-level
-    dependency edges for the arcs view. Missing pieces are recorded with a reason, not raised."""
-    try:
-        from compute.analysis import AnalysisSettings, run_analysis as _run
-    except ImportError as exc:
-        return {"analysis_unavailable": f"compute.analysis is not available ({exc})"}
-    items, basin_reason = None, None
-    if req.items == "auto":
-        from compute.analysis.basins import find_items
-        try:
-            find_items(res.text)
-            items = "auto"
-        except InputError as exc:
-            basin_reason = str(exc)
-    s = AnalysisSettings(items=items, probes=tuple(req.probes), importance=req.importance, ablation=False)
-    try:
-        out = _run(lm, res, s, progress=progress)
-    except InputError as exc:
-        if items is None:
-            raise
-        basin_reason = str(exc)           # the items did not map onto tokens: analyse without them
-        out = _run(lm, res, s.with_(items=None), progress=progress)
-    if basin_reason is not None:
-        out["basin"] = {"available": False, "reason": basin_reason}
-    elif req.items == "none":
-        out["basin"] = {"available": False, "reason": "items are off (choose 'auto' under options)"}
-    else:
-        _basin_preference(lm, out.get("basin"), progress)
-    out["dependency"] = _dependency_edges(lm, res)
-    return out
-
-
-def _basin_preference(lm, basin: Optional[dict], progress: Progress) -> None:
-    """Store the positional preference (from the shipped calibration prompts) in the basin section even
-    when no item is marked important, so the view can suggest an order for any marked set at once."""
-    if not basin or not basin.get("items"):
-        return
-    ranking = basin.setdefault("ranking", {})
-    if ranking.get("preference") is not None:
-        return
-    try:
-        from compute.analysis.basins import preference_curve, shipped_calibration
-        from compute.analysis.common import plain
-        progress(0.99, "basin calibration")
-        ranking["preference"] = plain(preference_curve(shipped_calibration(lm), len(basin["items"])))
-        ranking["note"] = "preference from the shipped calibration prompts"
-    except (UserError, OSError, ValueError) as exc:
-        ranking["note"] = f"no positional preference: {exc}"
-
-
-def _dependency_edges(lm, res) -> dict:
-    """spaCy parse mapped onto tokens: edges (dependent token, head token, label), each word at its
-    first token. {available, edges | reason}."""
-    try:
-        from compute.analysis.syntax import load_spacy, token_words
-        from compute.analysis.tokens import token_char_spans
-        nlp = load_spacy()
-        doc = nlp(res.text)
-        spans = token_char_spans(lm, res.text, res.token_ids)
-        tw = token_words(spans, [(w.idx, w.idx + len(w.text)) for w in doc], len(res.text))
-    except Exception as exc:  # spaCy missing, non-English text, tokenizer offsets unavailable
-        return {"available": False, "reason": f"no parse: {exc}"}
-    first: dict[int, int] = {}
-    for t, w in enumerate(tw):
-        if w >= 0 and int(w) not in first:
-            first[int(w)] = t
-    edges = []
-    for w in doc:
-        if w.head.i != w.i and w.i in first and w.head.i in first:
-            edges.append([first[w.i], first[w.head.i], w.dep_])
-    return {"available": True, "edges": edges, "model": getattr(nlp, "meta", {}).get("name", "spacy")}
 
 
 def _store_result(key: str, req: Request, res) -> None:

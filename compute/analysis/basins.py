@@ -7,7 +7,7 @@ mapped to the tokens whose first non-space character lies in the span. Token 0 i
 an item (it is the first-token sink). The query region Q defaults to the tokens after the last
 item (trailing special tokens such as [SEP] excluded).
 
-Exact masses (one extra forward; rows of Q against all keys, never n x n):
+Exact masses (rows of Q against all keys, from the engine's own probability blocks; never n x n):
   RC[l,h,j]        = sum_{i in Q} A_ij                       (region column sums)
   mass[l,h,k]      = sum_{j in S_k} RC[l,h,j] / |Q|          mean over Q of the attention on item k
   sink / query_self / other = the same for token 0, for Q itself and for everything else; with the
@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import InputError
 from ..result import AttentionResult
 from .common import plain
-from .live import forward_reduce, region_colsum
+from ..capture import row_blocks
 from .tokens import token_char_spans
 
 DATA = Path(__file__).with_name("data")
@@ -192,26 +192,15 @@ def map_layout(found: dict, char_spans: np.ndarray) -> Layout:
                   tokens=toks, query=(q0, q1), mode=found["mode"], token0_item=token0_item)
 
 
-def resolve_layout(lm, res: AttentionResult, spec) -> tuple[Layout, list[int]]:
+def resolve_layout(text: str, char_spans: np.ndarray, spec) -> tuple[Layout, list[int]]:
     """spec: 'auto' | dict (items_from_spec) -> (Layout, important items from the spec)."""
     if spec == "auto" or spec is None:
-        found = find_items(res.text)
+        found = find_items(text)
     elif isinstance(spec, dict):
-        found = items_from_spec(spec, res.text)
+        found = items_from_spec(spec, text)
     else:
         raise InputError("items must be 'auto' or a spec with character spans")
-    return map_layout(found, token_char_spans(lm, res.text, res.token_ids)), list(found.get("important", []))
-
-
-class BasinReducer:
-    """Live-forward reducer: RC [L, H, N] = sum over the query rows of A_ij, per layer."""
-
-    def __init__(self, q0: int, q1: int, n_layers: int, n_heads: int, n_tokens: int, mem_budget_mb: int = 256):
-        self.q0, self.q1, self.budget = q0, q1, mem_budget_mb
-        self.rc = np.zeros((n_layers, n_heads, n_tokens))
-
-    def __call__(self, call) -> None:
-        self.rc[call.layer] = region_colsum(call, self.q0, self.q1, self.budget)[0].double().numpy()
+    return map_layout(found, char_spans), list(found.get("important", []))
 
 
 def basin_masses(rc: np.ndarray, layout_tokens: list, query: tuple) -> dict:
@@ -279,14 +268,17 @@ def shipped_calibration(lm, mem_budget_mb: int = 256) -> list:
     if key in _CALIBRATION:
         return _CALIBRATION[key]
     from ..engine import tokenize
+    from .live import forward_reduce
+    from .reductions import RegionColsum
     prompts = json.loads((DATA / "basin_calibration.json").read_text())["prompts"]
     out = []
-    for text in prompts:
+    for text in prompts:                     # the calibration prompts' own forwards (cached per process)
         ids = tokenize(lm, text, lm.info.max_positions)
         spans = token_char_spans(lm, text, ids)
         lay = map_layout(find_items(text), spans)
-        red = BasinReducer(*lay.query, lm.info.n_layers, lm.info.n_heads, len(ids), mem_budget_mb)
-        forward_reduce(lm, ids, [red])
+        red = RegionColsum(*lay.query, lm.info.n_layers, lm.info.n_heads, len(ids))
+        forward_reduce(lm, ids, [lambda call, red=red: [red.on_block(call.layer, a, e, p[0]) for a, e, p
+                                                        in row_blocks(call, red.rows, mem_budget_mb)]])
         out.append(_densities(basin_masses(red.rc, lay.tokens, lay.query)["mass"], lay).tolist())
     _CALIBRATION[key] = out
     return out
@@ -312,16 +304,18 @@ def basin_section(lm, res: AttentionResult, layout: Layout, rc: np.ndarray, impo
         raise InputError(f"important item {bad[0]} is not an item (0..{layout.n_items - 1})")
     ranking = {"calibration": calibration, "preference": None, "important": important,
                "suggested_order": None, "note": None}
+    # The preference is stored even with no item marked, so a viewer can order any marked set at once.
+    if calibration == "self":
+        pref = preference_curve([dens], layout.n_items)
+        ranking["note"] = "preference from this prompt itself (position and content are confounded)"
+    else:
+        pref = preference_curve(shipped_calibration(lm, mem_budget_mb), layout.n_items)
+        ranking["note"] = "preference from the shipped calibration prompts"
+    ranking["preference"] = pref
     if important:
-        if calibration == "self":
-            pref = preference_curve([dens], layout.n_items)
-            ranking["note"] = "preference from this prompt itself (position and content are confounded)"
-        else:
-            pref = preference_curve(shipped_calibration(lm, mem_budget_mb), layout.n_items)
-        ranking["preference"] = pref
         ranking["suggested_order"] = attnrank_order(pref, important)
     else:
-        ranking["note"] = "mark items as important to get a suggested order"
+        ranking["note"] += "; mark items as important to get a suggested order"
     q0, q1 = layout.query
     total = m["sink"] + m["query_self"] + m["other"] + mass.sum(-1)
     return plain({

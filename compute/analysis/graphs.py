@@ -159,7 +159,8 @@ def head_map(lm, res: AttentionResult, layer: int, head: int, max_tokens: int = 
         return res.maps[layer, head].astype(np.float32)
     if res.n_tokens > max_tokens:
         raise InputError(f"a single head's map of {res.n_tokens} tokens is too large to draw (limit {max_tokens})")
-    from .live import forward_reduce, row_blocks
+    from ..capture import row_blocks
+    from .live import forward_reduce
     out = np.zeros((res.n_tokens, res.n_tokens), np.float32)
 
     def grab(call):

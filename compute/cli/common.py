@@ -1,18 +1,12 @@
-"""Headless CLI: `python -m compute analyze ...` (and the subcommands other modules register).
-
-Every user error ends with one line on stderr and a non-zero exit code, never a traceback.
-"""
+"""What every subcommand of `python -m compute` shares: reading the text, the model flags, the
+progress bar, loading under the server's rules."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError
-
-EXIT_USER = 2
-EXIT_INTERNAL = 1
-
+from ..errors import UserError
 
 def read_text_file(path: str) -> str:
     p = Path(path)
@@ -54,7 +48,7 @@ class ProgressBar:
 
 
 def add_model_args(p: argparse.ArgumentParser, corpus: bool = False) -> None:
-    from .models import DEFAULT_MODEL, REGISTRY
+    from ..models import DEFAULT_MODEL, REGISTRY
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"registry name ({', '.join(REGISTRY)}), a local Hugging Face model folder, "
                         f"or a .gguf file (default: {DEFAULT_MODEL})")
@@ -73,49 +67,19 @@ def get_text(args) -> str:
 
 def load_for_cli(args):
     import torch
-    from .limits import load_model_limited   # settings' rules (server mode, pickle), odd paths -> clear errors
+    from ..limits import load_model_limited   # settings' rules (server mode, pickle), odd paths -> clear errors
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
     return load_model_limited(args.model, device=args.device)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import cli_analyze
-    parser = argparse.ArgumentParser(prog="python -m compute",
-                                     description="Attention analysis of a text on a pretrained model, headless.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli_analyze.register(sub)
-    try:  # optional subcommands register themselves when their module exists
-        from . import cli_compare
-        cli_compare.register(sub)
-    except ImportError:
-        pass
-    models = sub.add_parser("models", help="list the embedded models")
-    models.set_defaults(func=_list_models)
-    return parser
-
-
-def _list_models(args) -> int:
-    from .models import list_models
-    for m in list_models():
-        print(f"{m['name']:14s} {m['kind']:8s} {'installed' if m['installed'] else 'MISSING':9s} {m['description']}")
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("error: out of memory; try fewer tokens (--max-tokens) or a smaller --mem-budget-mb", file=sys.stderr)
-        return EXIT_USER
-    except Exception as exc:  # last resort: one line, no traceback
-        print(f"internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
+def check_out_dir(path: str) -> None:
+    """Refuse an --out that cannot become a folder before any work starts."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {path}: a file of that name exists (give a folder)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {path}: {parent} is a file, not a folder")
+            break
