@@ -1,0 +1,122 @@
+"""Corpus overview (compute/corpus_stats.py) against per-text reports worked out by hand, and against
+the corpus aggregate of compute/corpus.py on real reports of SmolLM2."""
+import math
+
+import numpy as np
+import pytest
+
+from compute.corpus_stats import corpus_overview, metric_array, role_stability
+from compute.errors import InputError
+
+
+def _rep(tid, recs, sink_rate=None):
+    heads = [dict(layer=l, head=h, **f) for (l, h), f in recs.items()]
+    rep = {"id": tid, "heads": heads}
+    if sink_rate is not None:
+        rep["sink_rate"] = sink_rate
+    return rep
+
+
+def _hand_corpus():
+    # 1 layer x 2 heads, three texts; every number below is chosen so the results are easy by hand.
+    return [
+        _rep("a", {(0, 0): dict(entropy_mean=1.0, sink_metric=0.9, role="sink", collapsed=False,
+                                role_scores={"sink": 0.9}),
+                   (0, 1): dict(entropy_mean=3.0, sink_metric=0.1, role="local", collapsed=True,
+                                role_scores={"sink": 0.1})}),
+        _rep("b", {(0, 0): dict(entropy_mean=2.0, sink_metric=0.5, role="sink", collapsed=False,
+                                role_scores={"sink": 0.5}),
+                   (0, 1): dict(entropy_mean=5.0, sink_metric=0.2, role="broad", collapsed=False,
+                                role_scores={"sink": None})}),
+        _rep("c", {(0, 0): dict(entropy_mean=6.0, sink_metric=0.2, role="mixed", collapsed=False,
+                                role_scores={"sink": 0.2}),
+                   (0, 1): dict(entropy_mean=None, sink_metric=0.4, role="local", collapsed=False,
+                                role_scores={"sink": 0.4})}, sink_rate=0.75),
+    ]
+
+
+def test_means_stds_by_hand():
+    ov = corpus_overview(_hand_corpus())
+    assert (ov["n_texts"], ov["n_layers"], ov["n_heads"]) == (3, 1, 2)
+    assert ov["ids"] == ["a", "b", "c"]
+    ent = metric_array(ov, "entropy_mean")
+    assert ent[0, 0] == pytest.approx(3.0)                         # (1 + 2 + 6) / 3
+    assert ent[0, 1] == pytest.approx(4.0)                         # (3 + 5) / 2, None skipped
+    std = metric_array(ov, "entropy_mean", "std")
+    assert std[0, 0] == pytest.approx(math.sqrt((4 + 1 + 9) / 3))  # population std
+    assert std[0, 1] == pytest.approx(1.0)
+    assert ov["metrics"]["entropy_mean"]["n"] == [[3, 2]]
+    assert metric_array(ov, "collapsed")[0, 1] == pytest.approx(1 / 3)
+    assert metric_array(ov, "role_scores.sink")[0, 1] == pytest.approx(0.25)      # (0.1 + 0.4) / 2
+    assert metric_array(ov, "sink_metric")[0, 0] == pytest.approx(1.6 / 3)
+
+
+def test_role_mode_and_stability_by_hand():
+    ov = corpus_overview(_hand_corpus())
+    assert ov["role_mode"] == [["sink", "local"]]
+    assert ov["role_stability"][0][0] == pytest.approx(2 / 3)
+    assert ov["role_stability"][0][1] == pytest.approx(2 / 3)
+    assert ov["role_n_texts"] == [[3, 3]]
+
+
+def test_role_ties_and_missing_roles():
+    roles = np.array([["a", "b"], ["b", None], [None, None]], dtype=object).reshape(3, 1, 2)
+    mode, stab, n = role_stability(roles)
+    assert mode[0, 0] == "a" and stab[0, 0] == pytest.approx(0.5)      # tie: the first seen wins
+    assert mode[0, 1] == "b" and stab[0, 1] == 1.0 and n[0, 1] == 1
+    none = role_stability(np.full((2, 1, 1), None, dtype=object))
+    assert none[0][0, 0] is None and math.isnan(none[1][0, 0])
+
+
+def test_per_text_distributions_by_hand():
+    pt = corpus_overview(_hand_corpus())["per_text"]
+    # texts a, b: no sink_rate in the report -> share of heads with sink_metric > 0.3; c: the report's value
+    assert pt["sink_rate"] == [pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.75)]
+    assert pt["entropy_mean"] == [pytest.approx(2.0), pytest.approx(3.5), pytest.approx(6.0)]
+    assert pt["entropy_norm_mean"] == [None, None, None]
+
+
+def test_bad_inputs_are_user_errors():
+    with pytest.raises(InputError, match="at least one"):
+        corpus_overview([])
+    with pytest.raises(InputError, match="no head records"):
+        corpus_overview([{"id": "x", "heads": []}])
+    a = _rep("a", {(0, 0): dict(entropy_mean=1.0)})
+    b = _rep("b", {(0, 0): dict(entropy_mean=1.0), (1, 0): dict(entropy_mean=2.0)})
+    with pytest.raises(InputError, match="different layer x head grids"):
+        corpus_overview([a, b])
+    with pytest.raises(InputError, match="no metric"):
+        metric_array(corpus_overview([a]), "nope")
+
+
+def test_matches_corpus_aggregate_on_real_reports(smollm):
+    """The overview of real per-text reports equals compute/corpus.py's aggregate of the same texts,
+    and its role mode equals the per-text labels counted directly."""
+    from compute.analysis import AnalysisSettings, attach, run_analysis
+    from compute.corpus import aggregate, summarize
+    from compute.engine import AnalysisOptions, analyze_text
+    from compute.report import build_report
+
+    texts = [("p", "The cat sat on the mat because it was warm."),
+             ("q", "def add(a, b):\n    return a + b\n"),
+             ("r", "one two three four one two three four")]
+    opts = AnalysisOptions(compute_loss=False)
+    reps, results = [], {}
+    for tid, text in texts:
+        res = analyze_text(smollm, text, opts)
+        results[tid] = {"ok": True, "summary": summarize(res, lm=smollm)}
+        attach(res, run_analysis(smollm, res, AnalysisSettings(syntax=False, graphs=False)))
+        reps.append(dict(build_report(res), id=tid))
+    ov = corpus_overview(reps)
+    agg = aggregate(texts, results, {})
+    for m in ("entropy_mean", "sink_metric", "prev_token_mean", "top1_prob_mean"):
+        np.testing.assert_allclose(metric_array(ov, m), np.array(agg["heads"][m]["mean"], float), rtol=1e-9)
+        np.testing.assert_allclose(metric_array(ov, m, "std"), np.array(agg["heads"][m]["std"], float),
+                                   rtol=1e-7, atol=1e-12)
+    L, H = ov["n_layers"], ov["n_heads"]
+    for l, h in [(0, 0), (5, 3), (L - 1, H - 1)]:
+        labels = [next(r["role"] for r in rep["heads"] if (r["layer"], r["head"]) == (l, h)) for rep in reps]
+        best = max(labels, key=labels.count)
+        assert labels.count(ov["role_mode"][l][h]) == labels.count(best)
+        assert ov["role_stability"][l][h] == pytest.approx(labels.count(best) / 3)
+    assert ov["per_text"]["sink_rate"] == [pytest.approx(r["sink_rate"]) for r in reps]
