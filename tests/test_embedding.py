@@ -1,0 +1,174 @@
+"""AttentionViz embeddings (compute/embedding.py, compute/cli_embed.py): the captured q/k reproduce the
+engine's attention, the key alignment leaves attention unchanged, PCA is the top-2 SVD projection,
+sampling is bounded and seeded, and the CLI writes embedding.json or one error line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compute.embedding import (HeadQK, align_keys, collect, context_of, embed, embedding_for_texts, head_qk,
+                               reduce_2d, sample_tokens)
+from compute.errors import InputError
+
+TEXT = "Alice met Bob in Paris. Alice gave Bob a book, and Bob read the book."
+
+
+def softmax_rows(q, k, scale, causal):
+    s = (np.asarray(q, np.float64) @ np.asarray(k, np.float64).T) * scale
+    if causal:
+        s = np.where(np.tril(np.ones_like(s, bool)), s, -np.inf)
+    s -= s.max(1, keepdims=True)
+    p = np.exp(s)
+    return p / p.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("layer,head", [(0, 0), (7, 4), (29, 8)])
+def test_captured_qk_reproduce_engine_map(smollm, layer, head):
+    """GQA: SmolLM2 has 9 query heads on 3 kv heads; head 4 matches only with kv head 1, head 8 with 2."""
+    from kernels import StatsConfig
+
+    from compute.engine import capture, tokenize
+
+    ids = tokenize(smollm, TEXT, 128)
+    q, k, meta = head_qk(smollm, ids, layer, head)
+    assert q.shape == k.shape == (len(ids), smollm.info.head_dim)
+    sess, _ = capture(smollm, torch.tensor([ids]), config=StatsConfig(full_maps=True), layers={layer})
+    engine_map = sess.results[layer].maps[0, head].numpy()
+    np.testing.assert_allclose(softmax_rows(q, k, meta["scale"], meta["causal"]), engine_map, atol=1e-5)
+
+
+def test_encoder_qk_reproduce_engine_map(minilm):
+    from kernels import StatsConfig
+
+    from compute.engine import capture, tokenize
+
+    ids = tokenize(minilm, TEXT, 128)
+    q, k, meta = head_qk(minilm, ids, 2, 5)
+    assert meta["causal"] is False
+    sess, _ = capture(minilm, torch.tensor([ids]), config=StatsConfig(full_maps=True), layers={2})
+    np.testing.assert_allclose(softmax_rows(q, k, meta["scale"], False), sess.results[2].maps[0, 5].numpy(),
+                               atol=1e-5)
+
+
+def test_alignment_leaves_attention_unchanged():
+    rng = np.random.default_rng(1)
+    q = rng.normal(2.0, 1.0, (40, 16)) * 3.0
+    k = rng.normal(-1.0, 1.0, (40, 16)) * 0.5
+    q2, k2, info = align_keys(q, k)
+    for causal in (True, False):
+        np.testing.assert_allclose(softmax_rows(q2, k2, 0.25, causal), softmax_rows(q, k, 0.25, causal), atol=1e-12)
+    np.testing.assert_allclose(q2.mean(0), k2.mean(0), atol=1e-12)              # centroids coincide
+    c = info["scale_c"]
+    assert np.linalg.norm(q * c, axis=1).mean() == pytest.approx(np.linalg.norm(k / c, axis=1).mean())
+    assert c == pytest.approx(np.sqrt(np.linalg.norm(k, axis=1).mean() / np.linalg.norm(q, axis=1).mean()))
+
+
+def test_pca_is_top2_svd_projection():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 8)) @ rng.normal(size=(8, 8))
+    xy, info = reduce_2d(x, "pca")
+    xc = x - x.mean(0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    ref = xc @ vt[:2].T
+    signs = np.sign((xy * ref).sum(0))                 # each axis is defined up to its sign
+    np.testing.assert_allclose(xy, ref * signs, atol=1e-9)
+    np.testing.assert_allclose(info["explained_variance_ratio"], (s ** 2 / (s ** 2).sum())[:2], rtol=1e-9)
+
+
+def test_sampling_bounded_and_seeded():
+    assert sample_tokens(10, 4000).tolist() == list(range(10))
+    a, b = sample_tokens(5000, 4000, seed=3), sample_tokens(5000, 4000, seed=3)
+    assert len(a) == 2000 and len(set(a.tolist())) == 2000 and (a == b).all() and (np.diff(a) > 0).all()
+    assert not (sample_tokens(5000, 4000, seed=4) == a).all()
+    with pytest.raises(InputError):
+        sample_tokens(5, 1)
+    with pytest.raises(InputError, match="unknown embedding method"):
+        reduce_2d(np.zeros((5, 2)), "umap")
+    with pytest.raises(InputError, match="too few"):
+        reduce_2d(np.zeros((2, 2)), "pca")
+
+
+def test_embed_points_follow_sampled_tokens():
+    rng = np.random.default_rng(0)
+    toks = {"a": [f"t{i}" for i in range(30)], "b": [f"u{i}" for i in range(20)]}
+    data = HeadQK(3, 4, 1, rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32),
+                  ["a"] * 30 + ["b"] * 20, np.r_[np.arange(30), np.arange(20)], toks, 0.125, True)
+    emb = embed(data, "pca", max_points=40, seed=0)
+    pts = emb["points"]
+    assert emb["method"] == "pca" and emb["n_points"] == len(pts) == 40 and emb["n_tokens"] == 50
+    qs, ks = pts[:20], pts[20:]
+    assert all(p["kind"] == "query" for p in qs) and all(p["kind"] == "key" for p in ks)
+    assert [(p["text_id"], p["position"]) for p in qs] == [(p["text_id"], p["position"]) for p in ks]
+    for p in pts:
+        assert p["token"] == toks[p["text_id"]][p["position"]]
+        assert "[" + p["token"] + "]" in p["context"]
+    # the coordinates are PCA of the aligned sampled vectors, queries then keys
+    idx = sample_tokens(50, 40, 0)
+    q2, k2, _ = align_keys(data.q[idx], data.k[idx])
+    ref, _ = reduce_2d(np.concatenate([q2, k2]), "pca")
+    np.testing.assert_allclose([[p["x"], p["y"]] for p in pts], ref, atol=1e-9)
+    assert context_of(["a", "b", "c"], 0, 1) == "[a]b"
+
+
+def test_embedding_for_texts_corpus_and_errors(smollm):
+    texts = [("t1", "The cat sat on the mat."), ("t2", "def f(x):\n    return x * 2")]
+    emb = embedding_for_texts(smollm, texts, 3, 2, max_points=10_000)
+    n = emb["n_tokens"]
+    assert n == sum(len(smollm.tokenizer(t)["input_ids"]) for _, t in texts)
+    assert emb["n_points"] == 2 * n and {p["text_id"] for p in emb["points"]} == {"t1", "t2"}
+    assert emb["model"] == "smollm2-135m" and emb["kv_head"] == 0
+    data = collect(smollm, texts[:1], 3, 2)
+    q, k, _ = head_qk(smollm, smollm.tokenizer(texts[0][1])["input_ids"], 3, 2)
+    np.testing.assert_array_equal(data.q, q)
+    np.testing.assert_array_equal(data.k, k)
+    with pytest.raises(InputError, match="no layer 30"):
+        embedding_for_texts(smollm, texts, 30, 0)
+    with pytest.raises(InputError, match="no head 9"):
+        embedding_for_texts(smollm, texts, 0, 9)
+    with pytest.raises(InputError, match="text 'bad'"):
+        embedding_for_texts(smollm, [("bad", "   ")], 0, 0)
+
+
+def _main(argv):
+    """compute.cli.main with the embed subcommand registered (the lead wires it into build_parser)."""
+    import compute.cli as cli
+    from compute import cli_embed
+
+    orig = cli.build_parser
+
+    def build():
+        p = orig()
+        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+        if "embed" not in sub.choices:
+            cli_embed.register(sub)
+        return p
+
+    cli.build_parser = build
+    try:
+        return cli.main(argv)
+    finally:
+        cli.build_parser = orig
+
+
+def test_cli_embed_corpus_and_errors(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "The sun rose over the hills."}\n'
+                      '{"id": 7, "text": "x = [1, 2, 3]\\nprint(x)"}\n')
+    out = tmp_path / "out"
+    assert _main(["embed", "--corpus", str(corpus), "--layer", "2", "--head", "1", "--out", str(out),
+                  "--quiet", "--method", "tsne", "--max-points", "24"]) == 0
+    emb = json.loads((out / "embedding.json").read_text())
+    assert emb["method"] == "tsne" and len(emb["points"]) == 24
+    assert {p["kind"] for p in emb["points"]} == {"query", "key"}
+    assert set(emb["points"][0]) >= {"kind", "text_id", "position", "token", "x", "y"}
+    assert {p["text_id"] for p in emb["points"]} <= {"a", "7"}
+    capsys.readouterr()
+    assert _main(["embed", "--text", "hello there", "--layer", "0", "--head", "99", "--out", str(out),
+                  "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no head 99: the model has heads 0..8"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok"}\nnot json\n')
+    assert _main(["embed", "--corpus", str(bad), "--layer", "0", "--head", "0", "--out", str(out)]) == 2
+    assert "line 2: not valid JSON" in capsys.readouterr().err
