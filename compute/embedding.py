@@ -148,14 +148,15 @@ def context_of(tokens: Sequence[str], pos: int, width: int = CONTEXT_TOKENS) -> 
 
 def embed(data: HeadQK, method: str = DEFAULT_METHOD, max_points: int = MAX_POINTS, seed: int = SEED) -> dict:
     """embedding.json: {'method', 'layer', 'head', 'kv_head', 'n_tokens', 'n_points', 'max_points', 'seed',
-    'alignment', 'reduction', 'points': [{kind, text_id, position, token, context, x, y}]}.
+    'alignment', 'reduction', 'text_lengths' {text id: tokens}, 'points': [{kind, text_id, position, token, context, x, y}]}.
     Points list the sampled tokens' queries first, then their keys, in the same token order."""
     idx = sample_tokens(len(data.text_id), max_points, seed)
     q, k, info = align_keys(data.q[idx], data.k[idx])
     xy, red = reduce_2d(np.concatenate([q, k]), method, seed)
     out = {"method": method, "layer": data.layer, "head": data.head, "kv_head": data.kv_head,
            "n_tokens": len(data.text_id), "n_points": 2 * len(idx), "max_points": max_points, "seed": seed,
-           "alignment": info, "reduction": red, "causal": data.causal}
+           "alignment": info, "reduction": red, "causal": data.causal,
+           "text_lengths": {tid: len(toks) for tid, toks in data.tokens.items()}}
     pts = []
     for part, kind in ((0, "query"), (1, "key")):
         for r, t in enumerate(idx):

@@ -120,3 +120,70 @@ def test_matches_corpus_aggregate_on_real_reports(smollm):
         assert labels.count(ov["role_mode"][l][h]) == labels.count(best)
         assert ov["role_stability"][l][h] == pytest.approx(labels.count(best) / 3)
     assert ov["per_text"]["sink_rate"] == [pytest.approx(r["sink_rate"]) for r in reps]
+
+
+# ---------------------------------------------------------------- shipped corpus and figures
+
+def test_shipped_corpus_is_valid_and_sized(smollm):
+    import json
+    from pathlib import Path
+
+    from compute.corpus import read_corpus
+
+    path = Path(__file__).resolve().parents[1] / "compute" / "data" / "corpus" / "mixed.jsonl"
+    items = read_corpus(path)
+    assert 24 <= len(items) <= 50
+    kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines() if line.strip()]
+    assert set(kinds) == {"prose", "dialogue", "code", "multi-document question", "repeated sequence"}
+    n = [len(smollm.tokenizer(t)["input_ids"]) for _, t in items]
+    assert min(n) >= 100 and max(n) <= 256
+    assert (path.parent / "README.md").read_text().count("CC0") >= 1
+
+
+def _valid(fig):
+    """make_figure skips plotly's validation: re-validate, and check strict-JSON serialisation."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    go.Figure(fig.to_plotly_json())
+    pio.to_json(fig, validate=True)
+    return fig
+
+
+def test_corpus_head_grid_glyphs():
+    from visapp.figures.corpus import corpus_head_grid, corpus_spread_map, role_stability_map
+
+    ov = corpus_overview(_hand_corpus())
+    fig = _valid(corpus_head_grid(ov, "entropy_mean", selected=(0, 1)))
+    glyphs = [t for t in fig.data if t.customdata is not None and len(t.customdata)]
+    got = {(c[0], c[1]): c for t in glyphs for c in t.customdata}
+    assert set(got) == {(0, 0), (0, 1)}
+    assert got[(0, 0)][2] == "sink" and got[(0, 0)][3] == pytest.approx(3.0)        # role mode, mean
+    assert got[(0, 1)][2] == "local" and got[(0, 1)][3] == pytest.approx(4.0)
+    assert got[(0, 0)][4] == pytest.approx(math.sqrt(14 / 3))                          # std in hover
+    assert got[(0, 0)][5] == pytest.approx(2 / 3)                                      # role stability
+    assert {t.name for t in fig.data} >= {"sink", "local", "selected"}
+    spread = _valid(corpus_spread_map(ov, "entropy_mean"))
+    np.testing.assert_allclose(np.asarray(spread.data[0].z, float), [[math.sqrt(14 / 3), 1.0]], rtol=1e-6)
+    stab = _valid(role_stability_map(ov))
+    assert stab.data[0].zmin == 0 and stab.data[0].zmax == 1
+    with pytest.raises(ValueError):
+        corpus_head_grid(ov, "nope")
+
+
+def test_text_distributions_points_and_click_ids():
+    from visapp.figures.corpus import text_distributions
+
+    reps = _hand_corpus()
+    reps[0]["id"] = "<b>a&b</b>"
+    ov = corpus_overview(reps)
+    fig = _valid(text_distributions(ov, kinds=["prose", "code", "prose"], which=("sink_rate", "entropy_mean")))
+    boxes = [t for t in fig.data if t.type == "box"]
+    assert len(boxes) == 4                                     # 2 panels x 2 kinds
+    assert {b.xaxis for b in boxes} == {"x", "x2"}
+    prose = next(b for b in boxes if b.name == "prose" and b.xaxis == "x")
+    assert list(prose.customdata) == ["<b>a&b</b>", "c"]                  # raw id for the click
+    assert list(prose.text) == ["&lt;b&gt;a&amp;b&lt;/b&gt;", "c"]        # escaped for display
+    np.testing.assert_allclose(np.asarray(prose.y, float), [0.5, 0.75])
+    with pytest.raises(ValueError):
+        text_distributions(ov, kinds=["x"])
