@@ -172,3 +172,60 @@ def test_cli_embed_corpus_and_errors(tmp_path, capsys):
     bad.write_text('{"id": "a", "text": "ok"}\nnot json\n')
     assert _main(["embed", "--corpus", str(bad), "--layer", "0", "--head", "0", "--out", str(out)]) == 2
     assert "line 2: not valid JSON" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- figure
+
+def _fake_embedding(n=40):
+    rng = np.random.default_rng(5)
+    toks = {"t<1>": [f"w{i % 5}" for i in range(n)], "t2": [f"v{i % 9}" for i in range(n)]}
+    data = HeadQK(1, 2, 0, rng.normal(size=(2 * n, 6)).astype(np.float32), rng.normal(size=(2 * n, 6)).astype(np.float32),
+                  ["t<1>"] * n + ["t2"] * n, np.r_[np.arange(n), np.arange(n)], toks, 0.1, True)
+    return embed(data, "pca", max_points=4000)
+
+
+def _valid(fig):
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    go.Figure(fig.to_plotly_json())
+    pio.to_json(fig, validate=True)
+    return fig
+
+
+@pytest.mark.parametrize("color_by", ["kind", "position", "token", "text"])
+def test_embedding_scatter_every_point_once(color_by):
+    from visapp.figures.embedding import embedding_scatter, point_arrays
+
+    emb = _fake_embedding()
+    fig = _valid(embedding_scatter(emb, color_by))
+    assert all(t.type == "scattergl" for t in fig.data)
+    got = point_arrays(fig)
+    ref = np.array([[p["x"], p["y"]] for p in emb["points"]], np.float32)
+    assert len(got) == len(ref)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, ref.astype(float).tolist()))
+    custom = [c for t in fig.data if t.customdata is not None for c in t.customdata]
+    assert sorted(map(tuple, custom)) == sorted((p["text_id"], p["position"], p["kind"]) for p in emb["points"])
+    texts = [s for t in fig.data if t.text is not None for s in t.text]
+    assert all("<1>" not in s for s in texts) and any("t&lt;1&gt;" in s for s in texts)
+
+
+def test_embedding_scatter_colours():
+    from visapp.figures.embedding import N_CATEGORIES, OTHER, embedding_scatter
+
+    emb = _fake_embedding()
+    kind = embedding_scatter(emb, "kind")
+    assert [t.name for t in kind.data] == ["query", "key"]
+    assert set(kind.data[0].marker.symbol) == {"circle"} and set(kind.data[1].marker.symbol) == {"square"}
+    pos = embedding_scatter(emb, "position")
+    c = np.asarray(pos.data[0].marker.color, float)
+    assert c.min() == 0.0 and c.max() == pytest.approx(1.0)
+    # relative position = position / (text length - 1)
+    rel = {(p["text_id"], p["position"]): p["position"] / 39 for p in emb["points"]}
+    np.testing.assert_allclose(c, [rel[(d[0], d[1])] for d in pos.data[0].customdata], rtol=1e-6)
+    tok = embedding_scatter(emb, "token")
+    named = [t for t in tok.data if t.x is not None and len(t.x) and t.x[0] is not None]
+    assert named[0].name == "other" and named[0].marker.color == OTHER
+    assert len(named) == N_CATEGORIES + 1                   # 14 distinct tokens: 7 coloured + other
+    with pytest.raises(ValueError):
+        embedding_scatter(emb, "colour")
+    assert embedding_scatter({"points": []}).layout.annotations[0].text == "no points to show"
