@@ -140,3 +140,49 @@ def test_cli_diff(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error: nothing to compare")
     assert _main(["diff", "--text-file", str(f), "--model-b", "no-such-model", "--out", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- figures
+
+def _valid(fig):
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    go.Figure(fig.to_plotly_json())
+    pio.to_json(fig, validate=True)
+    return fig
+
+
+def test_delta_map_and_match_figures(smollm, pair):
+    from visapp.figures.sidebyside import delta_map, match_map, match_rows, match_table
+
+    other = analyze_text(smollm, TEXT, AnalysisOptions(compute_loss=False, sink_tokens=2))
+    a = pair[0]
+    # B = the same text with 2 sink tokens instead of 4: sink_s changes, the maps do not
+    out = compare(a, other, "base", "<ft>")
+    fig = _valid(delta_map(out, "sink_s_mass_mean"))
+    z = np.asarray(fig.data[0].z, float)
+    np.testing.assert_allclose(z, np.array(out["deltas"]["sink_s_mass_mean"]), rtol=1e-6, atol=1e-7)
+    assert z.min() < 0                                  # fewer sink tokens, less mass on them
+    assert fig.data[0].zmid == 0 and fig.data[0].zmin == -fig.data[0].zmax
+    assert "&lt;ft&gt;" in fig.layout.title.text and "<ft>" not in fig.layout.title.text
+    mm = _valid(match_map(out))
+    assert np.nanmax(np.asarray(mm.data[0].z, float)) < 1e-6          # same maps: distance 0 everywhere
+    tab = _valid(match_table(out, limit=10))
+    cells = tab.data[0].cells.values
+    assert len(cells) == 5 and len(cells[0]) == 10
+    rows = match_rows(out)
+    assert [r["js"] for r in rows] == sorted([r["js"] for r in rows], reverse=True)
+
+
+def test_mismatched_grids_fall_back_to_profiles(minilm, pair):
+    from visapp.figures.sidebyside import delta_map, match_map, match_table
+
+    enc = analyze_text(minilm, TEXT, AnalysisOptions(compute_loss=False))
+    out = compare(pair[0], enc)
+    fig = _valid(delta_map(out, "entropy_mean"))
+    assert [len(t.x) for t in fig.data] == [30, 6] and all(t.type == "scatter" for t in fig.data)
+    np.testing.assert_allclose(np.asarray(fig.data[1].y, float), out["layer_profiles"]["entropy_mean"]["b"], rtol=1e-6)
+    for f in (match_map(out), match_table(out)):
+        assert "different tokens" in _valid(f).layout.annotations[0].text
+    with pytest.raises(ValueError):
+        delta_map(out, "nope")
