@@ -102,3 +102,45 @@ def test_errors(smollm, index):
     # zero-norm rows rank last with similarity 0 instead of NaN
     rows, sims = cosine_top(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]), np.array([1.0, 1.0]), 3)
     assert rows.tolist() == [1, 2, 0] and sims[-1] == 0.0
+
+
+def _main(argv):
+    import compute.cli as cli
+    from compute import cli_search
+
+    orig = cli.build_parser
+
+    def build():
+        p = orig()
+        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+        if "search" not in sub.choices:
+            cli_search.register(sub)
+        return p
+
+    cli.build_parser = build
+    try:
+        return cli.main(argv)
+    finally:
+        cli.build_parser = orig
+
+
+def test_cli_search(tmp_path, capsys):
+    import json
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": tid, "text": t}) + "\n" for tid, t in TEXTS))
+    out = tmp_path / "o"
+    base = ["search", "--corpus", str(corpus), "--layer", str(LAYER), "--head", str(HEAD), "--out", str(out), "--quiet"]
+    assert _main(base + ["--text-id", "code", "--position", "7", "--by", "hidden", "--k", "3"]) == 0
+    res = json.loads((out / "search.json").read_text())
+    assert res["by"] == "hidden" and len(res["hits"]) == 3
+    assert (res["hits"][0]["text_id"], res["hits"][0]["position"]) == ("code", 7)
+    assert res["hits"][0]["similarity"] == pytest.approx(1.0, abs=1e-6) and res["query"]["token"] == res["hits"][0]["token"]
+    assert _main(base + ["--text", "The old lighthouse keeper", "--position", "2"]) == 0
+    res = json.loads((out / "search.json").read_text())
+    assert (res["hits"][0]["text_id"], res["hits"][0]["position"]) == ("prose", 2)
+    capsys.readouterr()
+    assert _main(base + ["--text-id", "nope", "--position", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no text 'nope' in {corpus}"
+    assert _main(base + ["--text-id", "code", "--position", "999"]) == 2
+    assert "positions 0.." in capsys.readouterr().err
