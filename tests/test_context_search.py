@@ -144,3 +144,23 @@ def test_cli_search(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no text 'nope' in {corpus}"
     assert _main(base + ["--text-id", "code", "--position", "999"]) == 2
     assert "positions 0.." in capsys.readouterr().err
+
+
+def test_search_hits_table():
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from visapp.figures.search import hit_context, search_hits_table
+
+    hit = {"text_id": "<t>", "position": 4, "token": " b", "context_tokens": ["x", "<a>", "&", " b", "\n"],
+           "context_start": 1, "similarity": 0.987654, "attends": [{"position": 0, "token": "<s>", "weight": 0.5}]}
+    assert hit_context(hit) == "x&lt;a&gt;&amp;[ b]⏎"
+    fig = search_hits_table({"hits": [hit, dict(hit, similarity=0.5)], "query": {"token": "<q>"}, "by": "query",
+                             "layer": 1, "head": 2})
+    go.Figure(fig.to_plotly_json())
+    pio.to_json(fig, validate=True)
+    cells = fig.data[0].cells.values
+    assert list(cells[1]) == ["0.988", "0.500"] and list(cells[2])[0] == "&lt;t&gt; @4"
+    assert list(cells[4])[0] == "(0)&lt;s&gt; 0.50"
+    assert "&lt;q&gt;" in fig.layout.title.text
+    assert search_hits_table({"hits": []}).layout.annotations[0].text == "no hits"
