@@ -162,6 +162,30 @@ def _plain(a: np.ndarray):
     return [_plain(x) for x in a]
 
 
+def report_from_summary(text_id: str, summary: dict, thresholds: Optional[dict] = None) -> dict:
+    """A corpus_overview input from compute/corpus.py's per-text summary ({'metrics': {name: {'shape',
+    'flat'}}} with role scores as 'role_<name>'): head records with every metric and a role label from
+    the role scores the summary holds (compute/analysis/roles.label_heads, the report's rule; probe and
+    syntax roles are per model, not per text, so they are not in a corpus summary)."""
+    from .analysis.roles import label_heads
+
+    arrays = {k: np.array([np.nan if v is None else v for v in x["flat"]], float).reshape(x["shape"])
+              for k, x in summary["metrics"].items()}
+    scores = {k[len("role_"):]: v for k, v in arrays.items() if k.startswith("role_")}
+    labels = label_heads(scores, thresholds) if scores else None
+    L, H = int(summary["n_layers"]), int(summary["n_heads"])
+    heads = []
+    for l in range(L):
+        for h in range(H):
+            rec = {"layer": l, "head": h}
+            rec.update({k: float(v[l, h]) for k, v in arrays.items() if not k.startswith("role_")})
+            if scores:
+                rec["role"] = str(labels[l, h])
+                rec["role_scores"] = {r: float(v[l, h]) for r, v in scores.items()}
+            heads.append(rec)
+    return {"id": str(text_id), "heads": heads}
+
+
 def metric_array(overview: dict, metric: str, stat: str = "mean") -> np.ndarray:
     """[L, H] float array of one metric statistic (None -> NaN), for figures and tests."""
     if metric not in overview["metrics"]:

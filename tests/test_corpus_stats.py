@@ -187,3 +187,29 @@ def test_text_distributions_points_and_click_ids():
     np.testing.assert_allclose(np.asarray(prose.y, float), [0.5, 0.75])
     with pytest.raises(ValueError):
         text_distributions(ov, kinds=["x"])
+
+
+def test_report_from_corpus_summary(smollm):
+    """compute/corpus.py's per-text summaries give the same overview as full reports, with the same
+    role labels as the report's roles section."""
+    from compute.analysis import AnalysisSettings, attach, run_analysis
+    from compute.corpus import summarize
+    from compute.corpus_stats import report_from_summary
+    from compute.engine import AnalysisOptions, analyze_text
+    from compute.report import build_report
+
+    texts = [("p", "Dear Anna, the garden is lovely; the roses are out."), ("q", "x = 1\ny = x + 2\nprint(y)")]
+    from_sum, from_rep = [], []
+    for tid, text in texts:
+        res = analyze_text(smollm, text, AnalysisOptions(compute_loss=False))
+        from_sum.append(report_from_summary(tid, summarize(res, lm=smollm)))
+        attach(res, run_analysis(smollm, res, AnalysisSettings(syntax=False, graphs=False)))
+        from_rep.append(dict(build_report(res), id=tid))
+    for a, b in zip(from_sum, from_rep):
+        assert [r["role"] for r in a["heads"]] == [r["role"] for r in b["heads"]]
+        for ra, rb in zip(a["heads"], b["heads"]):
+            for k, v in ra["role_scores"].items():
+                assert v == pytest.approx(rb["role_scores"][k], abs=1e-12)
+    ov_s, ov_r = corpus_overview(from_sum), corpus_overview(from_rep)
+    assert ov_s["role_mode"] == ov_r["role_mode"] and ov_s["role_stability"] == ov_r["role_stability"]
+    np.testing.assert_allclose(metric_array(ov_s, "entropy_mean"), metric_array(ov_r, "entropy_mean"), rtol=1e-12)
