@@ -26,6 +26,9 @@ def test_js_distance_by_hand():
     # a row with no mass (nothing visible) is left out of the mean instead of counting as 0 or NaN
     a0 = np.array([[[0.0, 0.0], [1.0, 0.0]]])
     np.testing.assert_allclose(js_matrix(a0, b), [[0.0, 0.0, 1.0]], atol=1e-12)
+    # row weights: a weighted mean over rows; rows are normalised to sum 1 first (as scipy does)
+    np.testing.assert_allclose(js_matrix(a * 3, b, np.array([3.0, 1.0])), [[0.75 * d, 0.0, 0.75 * d + 0.25]],
+                               atol=1e-12)
     with pytest.raises(InputError, match="cannot be compared"):
         js_matrix(a, np.ones((1, 3, 2)) / 2)
 
@@ -55,7 +58,7 @@ def test_model_against_itself(pair):
     assert len(out["matches"]) == a.n_layers * a.n_heads
     assert all(m["js"] < 1e-7 and m["nearest_js"] < 1e-7 for m in out["matches"])
     # each head is matched to itself unless another head of B has the very same map
-    rows = row_distributions(b, "full")
+    rows, _ = row_distributions(b, "full")
     for i, m in enumerate(out["matches"]):
         if m["b"] != m["a"]:
             l, h = map(int, m["b"].split("."))
@@ -69,9 +72,14 @@ def test_pooled_matching_and_distances_against_dense(smollm, pair):
     out = compare(a, a)
     assert out["matching"]["source"] == "pooled"
     assert all(m["js"] < 1e-9 for m in out["matches"])
+    # the pooled rows are the head graph's distributions: each row block sums to 1 over key blocks
+    rows, w = row_distributions(a, "pooled")
+    np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-6)
+    assert w.sum() == a.n_tokens and rows.shape[-1] <= 32
     # distances between different heads: js_matrix equals scipy applied row by row, then averaged
     from scipy.spatial.distance import jensenshannon
-    full = row_distributions(pair[0], "full")
+    full, w = row_distributions(pair[0], "full")
+    assert (w == 1).all()
     d = js_matrix(full[:3], full[3:6])
     for i in range(3):
         for j in range(3):
