@@ -18,7 +18,9 @@ def register(sub) -> None:
                                    "DIR/embedding.json: method and points {kind, text_id, position, token, x, y}.")
     add_model_args(p, corpus=True)
     p.add_argument("--layer", type=int, required=True, help="layer index (0-based)")
-    p.add_argument("--head", type=int, required=True, help="query head index (0-based)")
+    p.add_argument("--head", type=head_arg, required=True,
+                   help="query head index (0-based), or 'all' for every head of the layer (one embedding per head, "
+                        "--max-points each; points carry their 'head')")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
                    help=f"2-D reduction (default {DEFAULT_METHOD}: linear and deterministic; tsne for clusters)")
     p.add_argument("--max-points", type=int, default=MAX_POINTS,
@@ -28,6 +30,17 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def head_arg(value: str):
+    """argparse type: a head index or 'all' (-> None)."""
+    import argparse
+    if value.strip().lower() == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a head index or 'all'") from None
 
 
 def texts_from_args(args) -> list[tuple[str, str]]:
@@ -62,7 +75,7 @@ def run(args) -> int:
 
     if not 2 <= args.max_points <= 200_000:
         raise InputError("--max-points must be between 2 and 200000")
-    if args.layer < 0 or args.head < 0:
+    if args.layer < 0 or (args.head is not None and args.head < 0):
         raise InputError("--layer and --head must be non-negative")
     items = texts_from_args(args)
     max_tokens = max_tokens_from_args(args)
@@ -74,5 +87,5 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "embedding.json").write_text(json.dumps(emb, allow_nan=False))
     print(f"wrote {out}/embedding.json ({emb['n_points']} points from {emb['n_tokens']} tokens of {len(items)} "
-          f"texts, layer {args.layer} head {args.head}, {args.method})", file=sys.stderr)
+          f"texts, layer {args.layer} head {'all' if args.head is None else args.head}, {args.method})", file=sys.stderr)
     return 0

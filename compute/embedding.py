@@ -22,7 +22,10 @@ Then |q - k|^2 = |q|^2 + |k|^2 - 2 q.k: at similar norms, a high logit means a s
         between clusters mean little.
 UMAP is not a dependency (umap-learn pulls numba); t-SNE covers the non-linear case.
 
-Bounded: at most max_points points (default 4000): tokens are sampled uniformly without replacement with
+Layer mode (AttentionViz's matrix view): embed_layer gives one such embedding per head of the layer, all
+from the same forwards and the same sampled tokens.
+
+Bounded: at most max_points points (default 4000; per head in layer mode): tokens are sampled uniformly without replacement with
 a fixed seed and both their query and their key are kept, so every sampled token appears twice.
 """
 from __future__ import annotations
@@ -69,12 +72,35 @@ def head_qk(lm, token_ids: Sequence[int], layer: int, head: int) -> tuple[np.nda
     return qk["q"][head], qk["k"][kv], qk
 
 
-def collect(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, max_tokens: int = 1024,
-            progress: Optional[Callable[[float, str], None]] = None,
-            cancel: Optional[Callable[[], bool]] = None) -> HeadQK:
-    """Capture layer `layer`'s q/k of every text (one early-stopped forward each) for one head."""
+@dataclass
+class LayerQK:
+    """Queries [H, M, D] and keys [Hkv, M, D] of every head of one layer over some texts."""
+
+    layer: int
+    q: np.ndarray
+    k: np.ndarray
+    text_id: list[str]
+    position: np.ndarray
+    tokens: dict[str, list[str]]
+    scale: float
+    causal: bool
+
+    def head(self, head: int) -> HeadQK:
+        n_heads, n_kv = self.q.shape[0], self.k.shape[0]
+        if not 0 <= head < n_heads:
+            raise InputError(f"no head {head}: layer {self.layer} has heads 0..{n_heads - 1}")
+        kv = head // (n_heads // n_kv)
+        return HeadQK(self.layer, head, kv, self.q[head], self.k[kv], self.text_id, self.position, self.tokens,
+                      self.scale, self.causal)
+
+
+def collect_layer(lm, texts: Sequence[tuple[str, str]], layer: int, max_tokens: int = 1024,
+                  progress: Optional[Callable[[float, str], None]] = None,
+                  cancel: Optional[Callable[[], bool]] = None) -> LayerQK:
+    """Capture layer `layer`'s q/k of every text (one early-stopped forward each, ondemand.layer_qk)."""
     from .capture import check_cancel
     from .engine import token_strings, tokenize
+    from .ondemand import layer_qk
 
     if not texts:
         raise InputError("no texts to embed")
@@ -82,21 +108,31 @@ def collect(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, max_tok
     meta: dict = {}
     for i, (tid, text) in enumerate(texts):
         check_cancel(cancel)
+        if tid in toks:
+            raise InputError(f"text id {tid!r} is used twice")
         try:
             ids = tokenize(lm, text, max_tokens)
         except InputError as exc:
             raise InputError(f"text {tid!r}: {exc}") from None
-        q, k, meta = head_qk(lm, ids, layer, head)
-        qs.append(q)
-        ks.append(k)
+        meta = layer_qk(lm, ids, layer)
+        qs.append(meta["q"])
+        ks.append(meta["k"])
         tids += [tid] * len(ids)
         pos.append(np.arange(len(ids)))
         toks[tid] = token_strings(lm, ids)
         if progress is not None:
             progress((i + 1) / len(texts), f"text {i + 1}/{len(texts)}")
-    n_heads, n_kv = lm.info.n_heads, lm.info.n_kv_heads
-    return HeadQK(layer, head, head // (n_heads // n_kv), np.concatenate(qs), np.concatenate(ks), tids,
-                  np.concatenate(pos), toks, float(meta["scale"]), bool(meta["causal"]))
+    return LayerQK(layer, np.concatenate(qs, 1), np.concatenate(ks, 1), tids, np.concatenate(pos), toks,
+                   float(meta["scale"]), bool(meta["causal"]))
+
+
+def collect(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, max_tokens: int = 1024,
+            progress: Optional[Callable[[float, str], None]] = None,
+            cancel: Optional[Callable[[], bool]] = None) -> HeadQK:
+    """collect_layer, then one head (GQA: its kv head's keys)."""
+    if not 0 <= head < lm.info.n_heads:
+        raise InputError(f"no head {head}: the model has heads 0..{lm.info.n_heads - 1}")
+    return collect_layer(lm, texts, layer, max_tokens, progress, cancel).head(head)
 
 
 def align_keys(q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -169,10 +205,22 @@ def embed(data: HeadQK, method: str = DEFAULT_METHOD, max_points: int = MAX_POIN
     return out
 
 
-def embedding_for_texts(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, *,
+def embed_layer(data: LayerQK, method: str = DEFAULT_METHOD, max_points: int = MAX_POINTS,
+                seed: int = SEED) -> dict:
+    """Every head of a layer (AttentionViz's matrix view): one embedding per head, the same sampled tokens
+    in each, max_points per head. {'method', 'layer', 'heads': [embed(...) per head], 'points': all heads'
+    points, each with its 'head'}."""
+    heads = [embed(data.head(h), method, max_points, seed) for h in range(data.q.shape[0])]
+    points = [dict(p, head=e["head"]) for e in heads for p in e["points"]]
+    return {"method": method, "layer": data.layer, "n_heads": len(heads), "max_points": max_points, "seed": seed,
+            "n_tokens": len(data.text_id), "heads": [{k: v for k, v in e.items() if k != "points"} for e in heads],
+            "text_lengths": heads[0]["text_lengths"], "points": points}
+
+
+def embedding_for_texts(lm, texts: Sequence[tuple[str, str]], layer: int, head: Optional[int], *,
                         method: str = DEFAULT_METHOD, max_points: int = MAX_POINTS, seed: int = SEED,
                         max_tokens: int = 1024, progress=None, cancel=None) -> dict:
-    """collect + embed, with the arguments checked before any forward."""
+    """collect + embed (head None: every head of the layer, embed_layer), arguments checked first."""
     if method not in METHODS:
         raise InputError(f"unknown embedding method {method!r}; choose one of {', '.join(METHODS)}")
     if not 2 <= max_points <= 200_000:
@@ -180,9 +228,10 @@ def embedding_for_texts(lm, texts: Sequence[tuple[str, str]], layer: int, head: 
     L, H = lm.info.n_layers, lm.info.n_heads
     if not 0 <= layer < L:
         raise InputError(f"no layer {layer}: the model has layers 0..{L - 1}")
-    if not 0 <= head < H:
+    if head is not None and not 0 <= head < H:
         raise InputError(f"no head {head}: the model has heads 0..{H - 1}")
-    data = collect(lm, texts, layer, head, max_tokens, progress, cancel)
-    out = embed(data, method, max_points, seed)
+    data = collect_layer(lm, texts, layer, max_tokens, progress, cancel)
+    out = embed_layer(data, method, max_points, seed) if head is None else embed(data.head(head), method,
+                                                                                  max_points, seed)
     out["model"] = lm.info.name
     return out

@@ -229,3 +229,23 @@ def test_embedding_scatter_colours():
     with pytest.raises(ValueError):
         embedding_scatter(emb, "colour")
     assert embedding_scatter({"points": []}).layout.annotations[0].text == "no points to show"
+
+
+def test_layer_mode_and_head_matrix(smollm):
+    """--head all: one embedding per head from the same forwards, equal to the single-head embedding."""
+    from visapp.figures.embedding import head_matrix
+
+    texts = [("t1", "The cat sat on the mat."), ("t2", "Birds fly south in winter.")]
+    layer = embedding_for_texts(smollm, texts, 4, None, max_points=16)
+    assert layer["n_heads"] == 9 and len(layer["points"]) == 9 * 16
+    one = embedding_for_texts(smollm, texts, 4, 7, max_points=16)
+    mine = [p for p in layer["points"] if p["head"] == 7]
+    assert [(p["kind"], p["text_id"], p["position"]) for p in mine] == \
+        [(p["kind"], p["text_id"], p["position"]) for p in one["points"]]
+    np.testing.assert_allclose([[p["x"], p["y"]] for p in mine], [[p["x"], p["y"]] for p in one["points"]])
+    assert layer["heads"][7]["kv_head"] == 2
+    fig = _valid(head_matrix(layer))
+    assert len(fig.layout.annotations) == 9 and fig.layout.annotations[8].text == "head 8"
+    custom = [c for t in fig.data for c in t.customdata]
+    assert len(custom) == 9 * 16 and {c[3] for c in custom} == set(range(9))
+    assert {t.xaxis for t in fig.data} == {"x"} | {f"x{i}" for i in range(2, 10)}

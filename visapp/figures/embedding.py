@@ -97,3 +97,45 @@ def point_arrays(fig: go.Figure) -> np.ndarray:
     xs = [np.column_stack([np.asarray(t.x, float), np.asarray(t.y, float)]) for t in fig.data
           if t.x is not None and len(t.x) and t.x[0] is not None]
     return np.concatenate(xs) if xs else np.zeros((0, 2))
+
+
+def head_matrix(emb_layer: dict, *, cols: int | None = None, template: str = SCREEN,
+                cell_px: int = 190) -> go.Figure:
+    """AttentionViz's matrix view: one small query/key scatter per head of a layer (embed_layer's dict),
+    queries orange, keys blue; customdata = [text_id, position, kind, head] so a click opens that head."""
+    heads = emb_layer.get("heads") or []
+    if not heads:
+        return empty_figure("no heads to show", template)
+    n = len(heads)
+    cols = cols or min(n, 6)
+    rows = -(-n // cols)
+    by_head: dict[int, list] = {}
+    for p in emb_layer["points"]:
+        by_head.setdefault(int(p["head"]), []).append(p)
+    gap = 0.02
+    w, h = (1 - gap * (cols - 1)) / cols, (1 - gap * (rows - 1)) / rows
+    traces, layout, notes = [], {}, []
+    for i, info in enumerate(heads):
+        r, c = divmod(i, cols)
+        ax = "" if i == 0 else str(i + 1)
+        x0, y1 = c * (w + gap), 1 - r * (h + gap)
+        layout[f"xaxis{ax}"] = dict(domain=[x0, x0 + w], anchor=f"y{ax}", showticklabels=False, showgrid=False,
+                                    zeroline=False)
+        layout[f"yaxis{ax}"] = dict(domain=[y1 - h, y1], anchor=f"x{ax}", showticklabels=False, showgrid=False,
+                                    zeroline=False)
+        notes.append(dict(text=f"head {info['head']}", x=x0 + w / 2, y=y1, xref="paper", yref="paper",
+                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=11)))
+        pts = by_head.get(int(info["head"]), [])
+        for kind in ("query", "key"):
+            sel = [p for p in pts if p["kind"] == kind]
+            if not sel:
+                continue
+            t = _trace(sel, kind, KIND_COLORS[kind], showlegend=i == 0, marker_extra=dict(size=3))
+            t.update(xaxis=f"x{ax}", yaxis=f"y{ax}", legendgroup=kind,
+                     customdata=[[p["text_id"], int(p["position"]), p["kind"], int(info["head"])] for p in sel])
+            traces.append(t)
+    layout.update(title=dict(text=escape(f"layer {emb_layer.get('layer')}: queries and keys per head, "
+                                         f"{str(emb_layer.get('method', '')).upper()}")),
+                  annotations=notes, height=int(80 + rows * cell_px), hovermode="closest", clickmode="event",
+                  legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0, itemsizing="constant"))
+    return make_figure(traces, layout, template)
