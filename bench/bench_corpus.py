@@ -2,10 +2,10 @@
 50 texts x 256 tokens in < 5 minutes with 2 workers on CPU).
 
 Texts are built from the shipped corpus (compute/data/corpus/mixed.jsonl): text i starts at corpus
-text i mod 30 and continues with the next ones until it has N tokens, cut to N token ids and decoded (a
-few ids fewer when the decoded text would re-tokenise longer). Each worker process loads the model once and analyses its share (engine statistics + roles,
-the per-text report the overview reads); the overview (compute/corpus_stats.corpus_overview) runs
-once at the end. Workers use one torch thread each (W workers on W cores).
+text i mod 30 and continues with the next ones until it has N tokens, cut to N token ids and decoded
+(a few ids fewer when the decoded text would re-tokenise longer). Each worker process loads the model
+once and analyses its share (engine statistics + roles, the per-text report the overview reads); the
+overview (compute/corpus_stats.corpus_overview) runs once at the end. Workers use one torch thread each (W workers on W cores).
 
 Usage: python bench/bench_corpus.py [--texts 50] [--tokens 256] [--workers 2] [--out FILE]
 The last line reads: texts=T tokens=N workers=W total_s=... per_text_s=... overview_s=...

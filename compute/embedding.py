@@ -25,8 +25,9 @@ UMAP is not a dependency (umap-learn pulls numba); t-SNE covers the non-linear c
 Layer mode (AttentionViz's matrix view): embed_layer gives one such embedding per head of the layer, all
 from the same forwards and the same sampled tokens.
 
-Bounded: at most max_points points (default 4000; per head in layer mode): tokens are sampled uniformly without replacement with
-a fixed seed and both their query and their key are kept, so every sampled token appears twice.
+Bounded: at most max_points points (default 4000; per head in layer mode): tokens are sampled
+uniformly without replacement with a fixed seed and both their query and their key are kept, so every
+sampled token appears twice.
 """
 from __future__ import annotations
 
@@ -184,11 +185,12 @@ def context_of(tokens: Sequence[str], pos: int, width: int = CONTEXT_TOKENS) -> 
 
 def embed(data: HeadQK, method: str = DEFAULT_METHOD, max_points: int = MAX_POINTS, seed: int = SEED) -> dict:
     """embedding.json: {'method', 'layer', 'head', 'kv_head', 'n_tokens', 'n_points', 'max_points', 'seed',
-    'alignment', 'reduction', 'text_lengths' {text id: tokens}, 'points': [{kind, text_id, position, token, context, x, y}]}.
+    'alignment', 'reduction', 'text_lengths' {text id: tokens},
+    'points': [{kind, text_id, position, token, context, x, y}]}.
     Points list the sampled tokens' queries first, then their keys, in the same token order."""
     idx = sample_tokens(len(data.text_id), max_points, seed)
-    q, k, info = align_keys(data.q[idx], data.k[idx])
-    xy, red = reduce_2d(np.concatenate([q, k]), method, seed)
+    q, k, info = align_keys(data.q, data.k)              # centroids and norms of all tokens, not the sample
+    xy, red = reduce_2d(np.concatenate([q[idx], k[idx]]), method, seed)
     out = {"method": method, "layer": data.layer, "head": data.head, "kv_head": data.kv_head,
            "n_tokens": len(data.text_id), "n_points": 2 * len(idx), "max_points": max_points, "seed": seed,
            "alignment": info, "reduction": red, "causal": data.causal,

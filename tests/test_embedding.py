@@ -105,8 +105,8 @@ def test_embed_points_follow_sampled_tokens():
         assert "[" + p["token"] + "]" in p["context"]
     # the coordinates are PCA of the aligned sampled vectors, queries then keys
     idx = sample_tokens(50, 40, 0)
-    q2, k2, _ = align_keys(data.q[idx], data.k[idx])
-    ref, _ = reduce_2d(np.concatenate([q2, k2]), "pca")
+    q2, k2, _ = align_keys(data.q, data.k)              # aligned over all tokens, then sampled
+    ref, _ = reduce_2d(np.concatenate([q2[idx], k2[idx]]), "pca")
     np.testing.assert_allclose([[p["x"], p["y"]] for p in pts], ref, atol=1e-9)
     assert context_of(["a", "b", "c"], 0, 1) == "[a]b"
 
