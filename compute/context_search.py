@@ -83,6 +83,7 @@ def build_index(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, *, 
                 cancel: Optional[Callable[[], bool]] = None) -> SearchIndex:
     """Capture the search matrices of `texts` ([(id, text)]) for one layer and head."""
     from .capture import check_cancel
+    from .embedding import check_capture_size
     from .engine import token_strings, tokenize
 
     L, H = lm.info.n_layers, lm.info.n_heads
@@ -113,6 +114,7 @@ def build_index(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, *, 
             hs.append(h)
         tk.append(kw)
         tw.append(ww)
+        check_capture_size(sum(a.nbytes for a in qs + hs + tk + tw), what="search index")
         rows[tid] = m
         m += len(ids)
         tids += [tid] * len(ids)

@@ -43,6 +43,7 @@ DEFAULT_METHOD = "pca"
 MAX_POINTS = 4000
 SEED = 0
 CONTEXT_TOKENS = 6            # tokens shown either side of a point's token in its hover
+MAX_CAPTURE_MB = 1024         # vectors kept over a corpus (here and in context_search): refused beyond
 
 
 @dataclass
@@ -95,6 +96,13 @@ class LayerQK:
                       self.scale, self.causal)
 
 
+def check_capture_size(nbytes: int, limit_mb: int = MAX_CAPTURE_MB, what: str = "captured vectors") -> None:
+    """Refuse, with a message, a corpus whose kept vectors would pass limit_mb (checked per text)."""
+    if nbytes > limit_mb * 2 ** 20:
+        raise InputError(f"the {what} of this corpus would take more than {limit_mb} MiB; "
+                         "use fewer or shorter texts")
+
+
 def collect_layer(lm, texts: Sequence[tuple[str, str]], layer: int, max_tokens: int = 1024,
                   progress: Optional[Callable[[float, str], None]] = None,
                   cancel: Optional[Callable[[], bool]] = None) -> LayerQK:
@@ -118,6 +126,7 @@ def collect_layer(lm, texts: Sequence[tuple[str, str]], layer: int, max_tokens: 
         meta = layer_qk(lm, ids, layer)
         qs.append(meta["q"])
         ks.append(meta["k"])
+        check_capture_size(sum(a.nbytes for a in qs + ks), what="query and key vectors")
         tids += [tid] * len(ids)
         pos.append(np.arange(len(ids)))
         toks[tid] = token_strings(lm, ids)

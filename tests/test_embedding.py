@@ -249,3 +249,13 @@ def test_layer_mode_and_head_matrix(smollm):
     custom = [c for t in fig.data for c in t.customdata]
     assert len(custom) == 9 * 16 and {c[3] for c in custom} == set(range(9))
     assert {t.xaxis for t in fig.data} == {"x"} | {f"x{i}" for i in range(2, 10)}
+
+
+def test_capture_size_is_bounded():
+    from compute.embedding import MAX_CAPTURE_MB, check_capture_size
+
+    check_capture_size(MAX_CAPTURE_MB * 2 ** 20)
+    with pytest.raises(InputError, match=f"more than {MAX_CAPTURE_MB} MiB; use fewer or shorter texts"):
+        check_capture_size(MAX_CAPTURE_MB * 2 ** 20 + 1)
+    with pytest.raises(InputError, match="search index of this corpus would take more than 1 MiB"):
+        check_capture_size(2 ** 21, 1, "search index")
