@@ -7,6 +7,7 @@ import torch
 
 from compute.context_search import build_index, cosine_top, search, search_at
 from compute.errors import InputError
+from tests.corpus_helpers import run_cli
 
 TEXTS = [("prose", "The old lighthouse keeper climbed the stairs every night to light the lamp."),
          ("code", "def area(r):\n    return 3.14 * r * r\n"),
@@ -104,26 +105,6 @@ def test_errors(smollm, index):
     assert rows.tolist() == [1, 2, 0] and sims[-1] == 0.0
 
 
-def _main(argv):
-    import compute.cli as cli
-    from compute import cli_search
-
-    orig = cli.build_parser
-
-    def build():
-        p = orig()
-        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "search" not in sub.choices:
-            cli_search.register(sub)
-        return p
-
-    cli.build_parser = build
-    try:
-        return cli.main(argv)
-    finally:
-        cli.build_parser = orig
-
-
 def test_cli_search(tmp_path, capsys):
     import json
 
@@ -131,18 +112,18 @@ def test_cli_search(tmp_path, capsys):
     corpus.write_text("".join(json.dumps({"id": tid, "text": t}) + "\n" for tid, t in TEXTS))
     out = tmp_path / "o"
     base = ["search", "--corpus", str(corpus), "--layer", str(LAYER), "--head", str(HEAD), "--out", str(out), "--quiet"]
-    assert _main(base + ["--text-id", "code", "--position", "7", "--by", "hidden", "--k", "3"]) == 0
+    assert run_cli(base + ["--text-id", "code", "--position", "7", "--by", "hidden", "--k", "3"]) == 0
     res = json.loads((out / "search.json").read_text())
     assert res["by"] == "hidden" and len(res["hits"]) == 3
     assert (res["hits"][0]["text_id"], res["hits"][0]["position"]) == ("code", 7)
     assert res["hits"][0]["similarity"] == pytest.approx(1.0, abs=1e-6) and res["query"]["token"] == res["hits"][0]["token"]
-    assert _main(base + ["--text", "The old lighthouse keeper", "--position", "2"]) == 0
+    assert run_cli(base + ["--text", "The old lighthouse keeper", "--position", "2"]) == 0
     res = json.loads((out / "search.json").read_text())
     assert (res["hits"][0]["text_id"], res["hits"][0]["position"]) == ("prose", 2)
     capsys.readouterr()
-    assert _main(base + ["--text-id", "nope", "--position", "0"]) == 2
+    assert run_cli(base + ["--text-id", "nope", "--position", "0"]) == 2
     assert capsys.readouterr().err.strip() == f"error: no text 'nope' in {corpus}"
-    assert _main(base + ["--text-id", "code", "--position", "999"]) == 2
+    assert run_cli(base + ["--text-id", "code", "--position", "999"]) == 2
     assert "positions 0.." in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from compute.corpus_stats import corpus_overview, metric_array, role_stability
 from compute.errors import InputError
+from tests.corpus_helpers import valid_figure
 
 
 def _rep(tid, recs, sink_rate=None):
@@ -140,21 +141,11 @@ def test_shipped_corpus_is_valid_and_sized(smollm):
     assert (path.parent / "README.md").read_text().count("CC0") >= 1
 
 
-def _valid(fig):
-    """make_figure skips plotly's validation: re-validate, and check strict-JSON serialisation."""
-    import plotly.graph_objects as go
-    import plotly.io as pio
-
-    go.Figure(fig.to_plotly_json())
-    pio.to_json(fig, validate=True)
-    return fig
-
-
 def test_corpus_head_grid_glyphs():
     from visapp.figures.corpus import corpus_head_grid, corpus_spread_map, role_stability_map
 
     ov = corpus_overview(_hand_corpus())
-    fig = _valid(corpus_head_grid(ov, "entropy_mean", selected=(0, 1)))
+    fig = valid_figure(corpus_head_grid(ov, "entropy_mean", selected=(0, 1)))
     glyphs = [t for t in fig.data if t.customdata is not None and len(t.customdata)]
     got = {(c[0], c[1]): c for t in glyphs for c in t.customdata}
     assert set(got) == {(0, 0), (0, 1)}
@@ -163,9 +154,9 @@ def test_corpus_head_grid_glyphs():
     assert got[(0, 0)][4] == pytest.approx(math.sqrt(14 / 3))                          # std in hover
     assert got[(0, 0)][5] == pytest.approx(2 / 3)                                      # role stability
     assert {t.name for t in fig.data} >= {"sink", "local", "selected"}
-    spread = _valid(corpus_spread_map(ov, "entropy_mean"))
+    spread = valid_figure(corpus_spread_map(ov, "entropy_mean"))
     np.testing.assert_allclose(np.asarray(spread.data[0].z, float), [[math.sqrt(14 / 3), 1.0]], rtol=1e-6)
-    stab = _valid(role_stability_map(ov))
+    stab = valid_figure(role_stability_map(ov))
     assert stab.data[0].zmin == 0 and stab.data[0].zmax == 1
     with pytest.raises(ValueError):
         corpus_head_grid(ov, "nope")
@@ -177,7 +168,7 @@ def test_text_distributions_points_and_click_ids():
     reps = _hand_corpus()
     reps[0]["id"] = "<b>a&b</b>"
     ov = corpus_overview(reps)
-    fig = _valid(text_distributions(ov, kinds=["prose", "code", "prose"], which=("sink_rate", "entropy_mean")))
+    fig = valid_figure(text_distributions(ov, kinds=["prose", "code", "prose"], which=("sink_rate", "entropy_mean")))
     boxes = [t for t in fig.data if t.type == "box"]
     assert len(boxes) == 4                                     # 2 panels x 2 kinds
     assert {b.xaxis for b in boxes} == {"x", "x2"}

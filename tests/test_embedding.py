@@ -10,6 +10,7 @@ import torch
 from compute.embedding import (HeadQK, align_keys, collect, context_of, embed, embedding_for_texts, head_qk,
                                reduce_2d, sample_tokens)
 from compute.errors import InputError
+from tests.corpus_helpers import run_cli, valid_figure
 
 TEXT = "Alice met Bob in Paris. Alice gave Bob a book, and Bob read the book."
 
@@ -130,33 +131,12 @@ def test_embedding_for_texts_corpus_and_errors(smollm):
         embedding_for_texts(smollm, [("bad", "   ")], 0, 0)
 
 
-def _main(argv):
-    """compute.cli.main with the embed subcommand registered (the lead wires it into build_parser)."""
-    import compute.cli as cli
-    from compute import cli_embed
-
-    orig = cli.build_parser
-
-    def build():
-        p = orig()
-        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "embed" not in sub.choices:
-            cli_embed.register(sub)
-        return p
-
-    cli.build_parser = build
-    try:
-        return cli.main(argv)
-    finally:
-        cli.build_parser = orig
-
-
 def test_cli_embed_corpus_and_errors(tmp_path, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "text": "The sun rose over the hills."}\n'
                       '{"id": 7, "text": "x = [1, 2, 3]\\nprint(x)"}\n')
     out = tmp_path / "out"
-    assert _main(["embed", "--corpus", str(corpus), "--layer", "2", "--head", "1", "--out", str(out),
+    assert run_cli(["embed", "--corpus", str(corpus), "--layer", "2", "--head", "1", "--out", str(out),
                   "--quiet", "--method", "tsne", "--max-points", "24"]) == 0
     emb = json.loads((out / "embedding.json").read_text())
     assert emb["method"] == "tsne" and len(emb["points"]) == 24
@@ -164,13 +144,13 @@ def test_cli_embed_corpus_and_errors(tmp_path, capsys):
     assert set(emb["points"][0]) >= {"kind", "text_id", "position", "token", "x", "y"}
     assert {p["text_id"] for p in emb["points"]} <= {"a", "7"}
     capsys.readouterr()
-    assert _main(["embed", "--text", "hello there", "--layer", "0", "--head", "99", "--out", str(out),
+    assert run_cli(["embed", "--text", "hello there", "--layer", "0", "--head", "99", "--out", str(out),
                   "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: no head 99: the model has heads 0..8"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "ok"}\nnot json\n')
-    assert _main(["embed", "--corpus", str(bad), "--layer", "0", "--head", "0", "--out", str(out)]) == 2
+    assert run_cli(["embed", "--corpus", str(bad), "--layer", "0", "--head", "0", "--out", str(out)]) == 2
     assert "line 2: not valid JSON" in capsys.readouterr().err
 
 
@@ -184,20 +164,12 @@ def _fake_embedding(n=40):
     return embed(data, "pca", max_points=4000)
 
 
-def _valid(fig):
-    import plotly.graph_objects as go
-    import plotly.io as pio
-    go.Figure(fig.to_plotly_json())
-    pio.to_json(fig, validate=True)
-    return fig
-
-
 @pytest.mark.parametrize("color_by", ["kind", "position", "token", "text"])
 def test_embedding_scatter_every_point_once(color_by):
     from visapp.figures.embedding import embedding_scatter, point_arrays
 
     emb = _fake_embedding()
-    fig = _valid(embedding_scatter(emb, color_by))
+    fig = valid_figure(embedding_scatter(emb, color_by))
     assert all(t.type == "scattergl" for t in fig.data)
     got = point_arrays(fig)
     ref = np.array([[p["x"], p["y"]] for p in emb["points"]], np.float32)
@@ -244,7 +216,7 @@ def test_layer_mode_and_head_matrix(smollm):
         [(p["kind"], p["text_id"], p["position"]) for p in one["points"]]
     np.testing.assert_allclose([[p["x"], p["y"]] for p in mine], [[p["x"], p["y"]] for p in one["points"]])
     assert layer["heads"][7]["kv_head"] == 2
-    fig = _valid(head_matrix(layer))
+    fig = valid_figure(head_matrix(layer))
     assert len(fig.layout.annotations) == 9 and fig.layout.annotations[8].text == "head 8"
     custom = [c for t in fig.data for c in t.customdata]
     assert len(custom) == 9 * 16 and {c[3] for c in custom} == set(range(9))

@@ -10,6 +10,7 @@ import pytest
 from compute.engine import AnalysisOptions, analyze_text
 from compute.errors import InputError
 from compute.sidebyside import compare, js_matrix, match_heads, row_distributions
+from tests.corpus_helpers import run_cli, valid_figure
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
 
@@ -110,54 +111,27 @@ def test_two_architectures(smollm, minilm, pair):
     assert out["depth"]["b"][0] == pytest.approx(1 / 12)
 
 
-def _main(argv):
-    import compute.cli as cli
-    from compute import cli_diff
-
-    orig = cli.build_parser
-
-    def build():
-        p = orig()
-        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "diff" not in sub.choices:
-            cli_diff.register(sub)
-        return p
-
-    cli.build_parser = build
-    try:
-        return cli.main(argv)
-    finally:
-        cli.build_parser = orig
-
-
 def test_cli_diff(tmp_path, capsys):
     f = tmp_path / "a.txt"
     f.write_text(TEXT)
     out = tmp_path / "o"
-    assert _main(["diff", "--model", "smollm2-135m", "--model-b", "smollm2-135m", "--text-file", str(f),
+    assert run_cli(["diff", "--model", "smollm2-135m", "--model-b", "smollm2-135m", "--text-file", str(f),
                   "--out", str(out), "--quiet"]) == 0
     d = json.loads((out / "diff.json").read_text())
     assert d["matches"][0]["a"] == "0.0" and d["matches"][0]["js"] == pytest.approx(0.0, abs=1e-7)
     assert set(d["deltas"]) >= {"entropy_mean", "sink_metric"}
-    assert _main(["diff", "--model", "smollm2-135m", "--text-file", str(f), "--text-b", "Another text here.",
+    assert run_cli(["diff", "--model", "smollm2-135m", "--text-file", str(f), "--text-b", "Another text here.",
                   "--out", str(out), "--quiet"]) == 0
     d = json.loads((out / "diff.json").read_text())
     assert d["matches"] == [] and d["b"]["n_tokens"] < d["a"]["n_tokens"]
     capsys.readouterr()
-    assert _main(["diff", "--text-file", str(f), "--out", str(out)]) == 2
+    assert run_cli(["diff", "--text-file", str(f), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().startswith("error: nothing to compare")
-    assert _main(["diff", "--text-file", str(f), "--model-b", "no-such-model", "--out", str(out)]) == 2
+    assert run_cli(["diff", "--text-file", str(f), "--model-b", "no-such-model", "--out", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
 # ---------------------------------------------------------------- figures
-
-def _valid(fig):
-    import plotly.graph_objects as go
-    import plotly.io as pio
-    go.Figure(fig.to_plotly_json())
-    pio.to_json(fig, validate=True)
-    return fig
 
 
 def test_delta_map_and_match_figures(smollm, pair):
@@ -167,15 +141,15 @@ def test_delta_map_and_match_figures(smollm, pair):
     a = pair[0]
     # B = the same text with 2 sink tokens instead of 4: sink_s changes, the maps do not
     out = compare(a, other, "base", "<ft>")
-    fig = _valid(delta_map(out, "sink_s_mass_mean"))
+    fig = valid_figure(delta_map(out, "sink_s_mass_mean"))
     z = np.asarray(fig.data[0].z, float)
     np.testing.assert_allclose(z, np.array(out["deltas"]["sink_s_mass_mean"]), rtol=1e-6, atol=1e-7)
     assert z.min() < 0                                  # fewer sink tokens, less mass on them
     assert fig.data[0].zmid == 0 and fig.data[0].zmin == -fig.data[0].zmax
     assert "&lt;ft&gt;" in fig.layout.title.text and "<ft>" not in fig.layout.title.text
-    mm = _valid(match_map(out))
+    mm = valid_figure(match_map(out))
     assert np.nanmax(np.asarray(mm.data[0].z, float)) < 1e-6          # same maps: distance 0 everywhere
-    tab = _valid(match_table(out, limit=10))
+    tab = valid_figure(match_table(out, limit=10))
     cells = tab.data[0].cells.values
     assert len(cells) == 5 and len(cells[0]) == 10
     rows = match_rows(out)
@@ -187,10 +161,10 @@ def test_mismatched_grids_fall_back_to_profiles(minilm, pair):
 
     enc = analyze_text(minilm, TEXT, AnalysisOptions(compute_loss=False))
     out = compare(pair[0], enc)
-    fig = _valid(delta_map(out, "entropy_mean"))
+    fig = valid_figure(delta_map(out, "entropy_mean"))
     assert [len(t.x) for t in fig.data] == [30, 6] and all(t.type == "scatter" for t in fig.data)
     np.testing.assert_allclose(np.asarray(fig.data[1].y, float), out["layer_profiles"]["entropy_mean"]["b"], rtol=1e-6)
     for f in (match_map(out), match_table(out)):
-        assert "different tokens" in _valid(f).layout.annotations[0].text
+        assert "different tokens" in valid_figure(f).layout.annotations[0].text
     with pytest.raises(ValueError):
         delta_map(out, "nope")
