@@ -6,14 +6,18 @@ position encoding is already in them (RoPE rotated for Llama/SmolLM2, absolute e
 GQA: the key of query head H is kv head H // (n_heads / n_kv_heads). They are captured with
 ondemand.layer_qk, which stops the forward after layer L.
 
-Making distance a proxy for attention (two transforms that leave every attention row unchanged):
-  1. scale:     q' = c q,  k' = k / c,  c = sqrt(mean_t |k_t| / mean_t |q_t|)   (q'.k' = q.k exactly),
-                so queries and keys have the same mean norm and neither cloud sits inside the other;
+Making distance a proxy for attention (transforms that leave every attention row unchanged), with s the
+model's attention scale (1/sqrt(d) for these models):
+  1. scale:     q' = sqrt(s) c q,  k' = sqrt(s) k / c,  c = sqrt(mean_t |k_t| / mean_t |q_t|):
+                q'.k' = s q.k is exactly the logit the softmax sees, and queries and keys have the same
+                mean norm, so neither cloud sits inside the other (AttentionViz's norm equalisation);
   2. translate: k'' = k' - mean(k') + mean(q')   (q.(k_j + v) = q.k_j + q.v: a per-row constant,
-                which softmax ignores), so the key centroid is the query centroid.
+                which softmax ignores), so the key centroid is the query centroid (AttentionViz's
+                key translation).
 Scaling first keeps step 2 exact (the centroids coincide in the final space); the mean norms are equal
 before the translation. AttentionViz describes both transforms; the order is our choice, for that reason.
-Then |q - k|^2 = |q|^2 + |k|^2 - 2 q.k: at similar norms, a high logit means a short distance.
+Then |q - k|^2 = |q|^2 + |k|^2 - 2 q.k: at similar norms, a high logit means a short distance, and
+coordinates are in logit units (sqrt(s) makes q''.k'' the logit up to the per-row constant).
 
 2-D reduction of the queries and keys together (one space), with scikit-learn:
   pca   (default) deterministic, linear (distances along the top-2 axes are real q/k distances), fast;
@@ -145,16 +149,18 @@ def collect(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, max_tok
     return collect_layer(lm, texts, layer, max_tokens, progress, cancel).head(head)
 
 
-def align_keys(q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The module docstring's two transforms: (q', k'', {'scale_c', 'translation'}). Every attention
-    row softmax(q'_i . k''_j * s) over j equals softmax(q_i . k_j * s) (tested)."""
+def align_keys(q: np.ndarray, k: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The module docstring's two transforms: (q', k'', {'scale_c', 'translation_norm', 'attention_scale'}).
+    Every row softmax_j(q'_i . k''_j) equals the model's softmax_j(q_i . k_j * scale) (tested)."""
     q = np.asarray(q, np.float64)
     k = np.asarray(k, np.float64)
     nq, nk = np.linalg.norm(q, axis=1).mean(), np.linalg.norm(k, axis=1).mean()
     c = float(np.sqrt(nk / nq)) if nq > 0 and nk > 0 else 1.0
-    q2, k2 = q * c, k / c
+    r = float(np.sqrt(scale))
+    q2, k2 = q * (r * c), k * (r / c)
     shift = q2.mean(0) - k2.mean(0)
-    return q2, k2 + shift, {"scale_c": c, "translation_norm": float(np.linalg.norm(shift))}
+    return q2, k2 + shift, {"scale_c": c, "translation_norm": float(np.linalg.norm(shift)),
+                            "attention_scale": float(scale)}
 
 
 def sample_tokens(m: int, max_points: int, seed: int = SEED) -> np.ndarray:
@@ -198,7 +204,7 @@ def embed(data: HeadQK, method: str = DEFAULT_METHOD, max_points: int = MAX_POIN
     'points': [{kind, text_id, position, token, context, x, y}]}.
     Points list the sampled tokens' queries first, then their keys, in the same token order."""
     idx = sample_tokens(len(data.text_id), max_points, seed)
-    q, k, info = align_keys(data.q, data.k)              # centroids and norms of all tokens, not the sample
+    q, k, info = align_keys(data.q, data.k, data.scale)  # centroids and norms of all tokens, not the sample
     xy, red = reduce_2d(np.concatenate([q[idx], k[idx]]), method, seed)
     out = {"method": method, "layer": data.layer, "head": data.head, "kv_head": data.kv_head,
            "n_tokens": len(data.text_id), "n_points": 2 * len(idx), "max_points": max_points, "seed": seed,

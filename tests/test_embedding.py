@@ -37,6 +37,8 @@ def test_captured_qk_reproduce_engine_map(smollm, layer, head):
     sess, _ = capture(smollm, torch.tensor([ids]), config=StatsConfig(full_maps=True), layers={layer})
     engine_map = sess.results[layer].maps[0, head].numpy()
     np.testing.assert_allclose(softmax_rows(q, k, meta["scale"], meta["causal"]), engine_map, atol=1e-5)
+    q2, k2, _ = align_keys(q, k, meta["scale"])          # the embedded vectors give the same attention
+    np.testing.assert_allclose(softmax_rows(q2, k2, 1.0, meta["causal"]), engine_map, atol=1e-5)
 
 
 def test_encoder_qk_reproduce_engine_map(minilm):
@@ -56,12 +58,13 @@ def test_alignment_leaves_attention_unchanged():
     rng = np.random.default_rng(1)
     q = rng.normal(2.0, 1.0, (40, 16)) * 3.0
     k = rng.normal(-1.0, 1.0, (40, 16)) * 0.5
-    q2, k2, info = align_keys(q, k)
-    for causal in (True, False):
-        np.testing.assert_allclose(softmax_rows(q2, k2, 0.25, causal), softmax_rows(q, k, 0.25, causal), atol=1e-12)
+    q2, k2, info = align_keys(q, k, 0.25)
+    for causal in (True, False):            # the aligned dot products are the model's logits (up to a row constant)
+        np.testing.assert_allclose(softmax_rows(q2, k2, 1.0, causal), softmax_rows(q, k, 0.25, causal), atol=1e-12)
     np.testing.assert_allclose(q2.mean(0), k2.mean(0), atol=1e-12)              # centroids coincide
     c = info["scale_c"]
     assert np.linalg.norm(q * c, axis=1).mean() == pytest.approx(np.linalg.norm(k / c, axis=1).mean())
+    np.testing.assert_allclose(q2, q * c * 0.5)                                  # sqrt(0.25) c q
     assert c == pytest.approx(np.sqrt(np.linalg.norm(k, axis=1).mean() / np.linalg.norm(q, axis=1).mean()))
 
 
@@ -106,7 +109,7 @@ def test_embed_points_follow_sampled_tokens():
         assert "[" + p["token"] + "]" in p["context"]
     # the coordinates are PCA of the aligned sampled vectors, queries then keys
     idx = sample_tokens(50, 40, 0)
-    q2, k2, _ = align_keys(data.q, data.k)              # aligned over all tokens, then sampled
+    q2, k2, _ = align_keys(data.q, data.k, data.scale)  # aligned over all tokens, then sampled
     ref, _ = reduce_2d(np.concatenate([q2[idx], k2[idx]]), "pca")
     np.testing.assert_allclose([[p["x"], p["y"]] for p in pts], ref, atol=1e-9)
     assert context_of(["a", "b", "c"], 0, 1) == "[a]b"
