@@ -24,6 +24,7 @@ BY = ("query", "hidden")
 TOP_K_KEYS = 5
 CONTEXT = 8                  # tokens either side in a hit's context window
 MAX_HITS = 100
+ROW_BLOCK = 256              # attention rows computed at once for the top keys (bounds memory to 256 x N)
 
 
 @dataclass
@@ -69,12 +70,15 @@ def _one_text(lm, ids: list[int], layer: int, head: int, hidden: bool, top_k: in
     else:
         qk, hs = layer_qk(lm, ids, layer), None
     n = len(ids)
-    p = head_block(qk, head, 0, n, 0, n)                         # [N, N] exact rows of this head
     k = min(top_k, n)
-    order = np.argsort(-p, axis=1, kind="stable")[:, :k]
-    w = np.take_along_axis(p, order, 1)
-    order = np.where(w > 0, order, -1)
-    return qk["q"][head], hs, order.astype(np.int32), w.astype(np.float32)
+    keys, weights = [], []
+    for a in range(0, n, ROW_BLOCK):                             # exact rows of this head, ROW_BLOCK at a time
+        p = head_block(qk, head, a, min(n, a + ROW_BLOCK), 0, n)
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        w = np.take_along_axis(p, order, 1)
+        keys.append(np.where(w > 0, order, -1))
+        weights.append(w)
+    return qk["q"][head], hs, np.concatenate(keys).astype(np.int32), np.concatenate(weights).astype(np.float32)
 
 
 def build_index(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, *, hidden: bool = True,

@@ -145,3 +145,14 @@ def test_search_hits_table():
     assert list(cells[4])[0] == "(0)&lt;s&gt; 0.50"
     assert "&lt;q&gt;" in fig.layout.title.text
     assert search_hits_table({"hits": []}).layout.annotations[0].text == "no hits"
+
+
+def test_top_keys_by_row_blocks(smollm, index, monkeypatch):
+    """Rows are computed ROW_BLOCK at a time (bounded memory): small blocks give the same top keys."""
+    import compute.context_search as cs
+
+    monkeypatch.setattr(cs, "ROW_BLOCK", 5)
+    small = build_index(smollm, TEXTS[:1], LAYER, HEAD, hidden=False, top_k=4)
+    n = len(small.text_id)
+    assert (small.top_keys == index.top_keys[:n]).all()
+    np.testing.assert_allclose(small.top_weights, index.top_weights[:n], atol=1e-6)
