@@ -31,7 +31,7 @@ def run(args) -> int:
     from argparse import Namespace
 
     from .engine import AnalysisOptions, validate_text
-    from .sidebyside import diff_texts
+    from .sidebyside import JS_FULL_MAX, diff_texts
 
     if args.model_b is None and args.text_file_b is None and args.text_b is None:
         raise InputError("nothing to compare: give --model-b (same text, two models) or --text-file-b "
@@ -46,7 +46,8 @@ def run(args) -> int:
     lm_a = load_for_cli(args)
     same_model = args.model_b is None or args.model_b.strip() == args.model.strip()
     lm_b = lm_a if same_model else load_for_cli(Namespace(**{**vars(args), "model": args.model_b}))
-    opts = AnalysisOptions(max_tokens=args.max_tokens, compute_loss=True)
+    # full maps only as long as the matching reads them: longer texts keep pooled maps (bounded memory)
+    opts = AnalysisOptions(max_tokens=args.max_tokens, compute_loss=True, full_map_max=JS_FULL_MAX)
     label_a = f"{lm_a.info.name}" + ("" if text_b == text_a else " / text A")
     label_b = f"{lm_b.info.name}" + ("" if text_b == text_a else " / text B")
     with ProgressBar("diff", args.quiet) as progress:
