@@ -186,6 +186,25 @@ def report_from_summary(text_id: str, summary: dict, thresholds: Optional[dict] 
     return {"id": str(text_id), "heads": heads}
 
 
+def corpus_kinds(path) -> dict[str, Optional[str]]:
+    """{text id: its optional "kind" field} of a JSON-lines corpus (the shipped corpus has one per text),
+    for colouring texts by kind. Call it on a file compute.corpus.read_corpus has accepted (not imported
+    here: corpus.py imports this module); lines that are not objects with an id are skipped."""
+    import json
+    from pathlib import Path
+
+    out: dict[str, Optional[str]] = {}
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        try:
+            obj = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and "id" in obj:
+            kind = obj.get("kind")
+            out[str(obj["id"])] = str(kind) if isinstance(kind, (str, int)) and not isinstance(kind, bool) else None
+    return out
+
+
 def metric_array(overview: dict, metric: str, stat: str = "mean") -> np.ndarray:
     """[L, H] float array of one metric statistic (None -> NaN), for figures and tests."""
     if metric not in overview["metrics"]:

@@ -126,7 +126,6 @@ def test_matches_corpus_aggregate_on_real_reports(smollm):
 # ---------------------------------------------------------------- shipped corpus and figures
 
 def test_shipped_corpus_is_valid_and_sized(smollm):
-    import json
     from pathlib import Path
 
     from compute.corpus import read_corpus
@@ -134,8 +133,10 @@ def test_shipped_corpus_is_valid_and_sized(smollm):
     path = Path(__file__).resolve().parents[1] / "compute" / "data" / "corpus" / "mixed.jsonl"
     items = read_corpus(path)
     assert 24 <= len(items) <= 50
-    kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines() if line.strip()]
-    assert set(kinds) == {"prose", "dialogue", "code", "multi-document question", "repeated sequence"}
+    from compute.corpus_stats import corpus_kinds
+    kinds = corpus_kinds(path)
+    assert list(kinds) == [tid for tid, _ in items]
+    assert set(kinds.values()) == {"prose", "dialogue", "code", "multi-document question", "repeated sequence"}
     n = [len(smollm.tokenizer(t)["input_ids"]) for _, t in items]
     assert min(n) >= 100 and max(n) <= 256
     assert (path.parent / "README.md").read_text().count("CC0") >= 1

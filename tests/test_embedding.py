@@ -234,3 +234,22 @@ def test_capture_size_is_bounded():
         check_capture_size(MAX_CAPTURE_MB * 2 ** 20 + 1)
     with pytest.raises(InputError, match="search index of this corpus would take more than 1 MiB"):
         check_capture_size(2 ** 21, 1, "search index")
+
+
+def test_embedding_scatter_by_group_with_shipped_kinds(tmp_path):
+    from compute.corpus import read_corpus
+    from compute.corpus_stats import corpus_kinds
+    from visapp.figures.embedding import embedding_scatter, point_arrays
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "t<1>", "text": "a", "kind": "prose"}\n{"id": "t2", "text": "b"}\n')
+    read_corpus(path)
+    kinds = corpus_kinds(path)
+    assert kinds == {"t<1>": "prose", "t2": None}
+    emb = _fake_embedding()
+    fig = valid_figure(embedding_scatter(emb, "group", groups=kinds))
+    named = {t.name: t for t in fig.data if t.x is not None and len(t.x) and t.x[0] is not None}
+    assert set(named) == {"prose", "(none)"} and len(point_arrays(fig)) == len(emb["points"])
+    assert {c[0] for c in named["prose"].customdata} == {"t<1>"}
+    with pytest.raises(ValueError, match="needs groups"):
+        embedding_scatter(emb, "group")

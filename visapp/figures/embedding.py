@@ -5,12 +5,14 @@ WebGL (scattergl) so thousands of points stay responsive. Colour by:
   position  relative position in its text, position / (tokens - 1), on viridis (0 = start)
   token     the 7 most frequent tokens get a colour each, the rest grey
   text      the 7 texts with most points get a colour each, the rest grey
+  group     a label per text (groups={text id: label}, e.g. the shipped corpus's kinds), 7 colours + grey
 Queries are circles and keys squares whatever the colour, so both stay readable. Hover shows the
 token's context; customdata = [text_id, position, kind] so a click can open the text at that token.
 """
 from __future__ import annotations
 
 from collections import Counter
+from typing import Optional
 
 import numpy as np
 import plotly.graph_objects as go
@@ -19,7 +21,7 @@ from ..templates import OKABE_ITO, SCREEN, SEQUENTIAL
 from .common import empty_figure, f32, make_figure
 from .corpus import escape
 
-COLOR_BY = ("kind", "position", "token", "text")
+COLOR_BY = ("kind", "position", "token", "text", "group")
 N_CATEGORIES = 7
 OTHER = "#BBBBBB"
 KIND_COLORS = {"query": OKABE_ITO[0], "key": OKABE_ITO[4]}
@@ -43,10 +45,12 @@ def _trace(pts, name: str, color, *, showlegend: bool = True, marker_extra: dict
                 hovertemplate="%{text}<extra></extra>", marker=marker)
 
 
-def embedding_scatter(emb: dict, color_by: str = "kind", *, template: str = SCREEN, title: str = "",
-                      height: int = 560) -> go.Figure:
+def embedding_scatter(emb: dict, color_by: str = "kind", *, groups: Optional[dict] = None,
+                      template: str = SCREEN, title: str = "", height: int = 560) -> go.Figure:
     if color_by not in COLOR_BY:
         raise ValueError(f"colour by one of {', '.join(COLOR_BY)}, not {color_by!r}")
+    if color_by == "group" and not groups:
+        raise ValueError("colour by group needs groups={text id: label}")
     pts = emb.get("points") or []
     if not pts:
         return empty_figure("no points to show", template)
@@ -66,13 +70,21 @@ def embedding_scatter(emb: dict, color_by: str = "kind", *, template: str = SCRE
             colorscale=SEQUENTIAL, cmin=0.0, cmax=1.0,
             colorbar=dict(title=dict(text="position / length", side="right")))))
     else:
-        key = "token" if color_by == "token" else "text_id"
-        top = [v for v, _ in Counter(p[key] for p in pts).most_common(N_CATEGORIES)]
-        rest = [p for p in pts if p[key] not in top]
+        if color_by == "group":
+            def label(p):
+                g = groups.get(p["text_id"])
+                return "(none)" if g is None else str(g)
+        else:
+            key = "token" if color_by == "token" else "text_id"
+
+            def label(p):
+                return p[key]
+        top = [v for v, _ in Counter(label(p) for p in pts).most_common(N_CATEGORIES)]
+        rest = [p for p in pts if label(p) not in top]
         if rest:
             traces.append(_trace(rest, "other", OTHER, marker_extra=dict(opacity=0.4)))
         for i, v in enumerate(top):
-            traces.append(_trace([p for p in pts if p[key] == v], v, OKABE_ITO[i % len(OKABE_ITO)]))
+            traces.append(_trace([p for p in pts if label(p) == v], v, OKABE_ITO[i % len(OKABE_ITO)]))
     # legend entries for the two symbols when colour does not already say query/key
     if color_by != "kind":
         for kind in ("query", "key"):
