@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
 
-.PHONY: setup setup-system app test test-fast bench
+.PHONY: setup setup-system app test test-unit test-integration test-e2e bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -30,6 +30,16 @@ app: setup
 
 test: setup setup-system
 	$(VPY) -m pytest -q
+
+# The fast loop (seconds to a few minutes): no model, no server, no browser.
+test-unit: setup
+	$(VPY) -m pytest -q -m "not integration and not e2e"
+
+test-integration: setup setup-system
+	$(VPY) -m pytest -q -m integration
+
+test-e2e: setup setup-system
+	$(VPY) -m pytest -q -m e2e
 
 bench: setup
 	$(VPY) bench/bench_engine.py --out bench/results/engine_cpu.md

@@ -57,7 +57,8 @@ def _init(threads: int) -> None:
 def report_for(lm, text: str, max_tokens: int) -> dict:
     """The one call into the analysis (switches to compute.pipeline.analyze when it lands)."""
     from compute.analysis import AnalysisSettings, attach, run_analysis
-    from compute.engine import AnalysisOptions, analyze_text
+    from compute.options import AnalysisOptions
+from compute.pipeline import analyze as analyze_text
     from compute.report import build_report
 
     res = analyze_text(lm, text, AnalysisOptions(max_tokens=max_tokens, compute_loss=False))

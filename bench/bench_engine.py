@@ -1,8 +1,15 @@
-"""Full analysis vs a plain sdpa forward (and HF eager output_attentions) on SmolLM2, on this machine.
+"""What a user waits for, against a plain sdpa forward and HF eager output_attentions, on SmolLM2.
 
-Each measurement runs in its own subprocess so peak RSS is per configuration; all ratios come from
-one invocation of this script. Usage: python bench/bench_engine.py [--sizes 512 2048 8192] [--repeat N] [--out FILE]
-The last line reads: n=2048 ratio_vs_sdpa=X ratio_vs_eager=Y peak_rss_mib=Z
+Modes, each in its own subprocess (peak RSS per configuration), all ratios from one invocation:
+  sdpa    one plain forward of the n tokens (model loaded: the forward only)
+  engine  compute.pipeline.analyze with no sections: the instrumented forward alone (model loaded)
+  e2e     the whole command `python -m compute analyze --text-file F --out D` with the default sections,
+          wall time of the process, minus the same command on a 12-token text ("extra over a short
+          run": loading Python, torch, the model and spaCy cancel out, the work on the n tokens stays)
+  eager   one forward with attn_implementation="eager" and output_attentions=True (model loaded)
+Usage: python bench/bench_engine.py [--sizes 512 2048 8192] [--repeat N] [--out FILE]
+The last line reads: n=2048 e2e_ratio_vs_sdpa=X engine_ratio_vs_sdpa=Y ratio_vs_eager=Z peak_rss_mib=M
+(ratio_vs_eager: e2e extra / eager; peak_rss_mib: the e2e command's peak at the largest size).
 """
 from __future__ import annotations
 
@@ -30,8 +37,9 @@ def make_ids(tok, n):
 def one(mode: str, n: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
-    from compute.engine import AnalysisOptions, analyze_text
     from compute.models import load_model
+    from compute.options import AnalysisOptions
+    from compute.pipeline import analyze
     torch.manual_seed(0)
     lm = load_model("smollm2-135m")
     ids = make_ids(lm.tokenizer, n)
@@ -39,17 +47,22 @@ def one(mode: str, n: int) -> dict:
     m = lm.model
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     x = torch.tensor([ids])
+    if mode in ("sdpa", "eager"):
+        m.set_attn_implementation(mode)
+    with torch.no_grad():                       # warm-up: first-call initialisation is not the forward's cost
+        if mode == "engine":
+            analyze(lm, text[:64], AnalysisOptions(backend="torch"), None)
+        else:
+            m(input_ids=x[:, :16])
     t0 = time.perf_counter()
     with torch.no_grad():
-        if mode == "analysis":
-            res = analyze_text(lm, text, AnalysisOptions(backend="torch", max_tokens=n + 64))
+        if mode == "engine":
+            res = analyze(lm, text, AnalysisOptions(backend="torch", max_tokens=n + 64), None)
             got_n = res.n_tokens
         elif mode == "sdpa":
-            m.set_attn_implementation("sdpa")
             m(input_ids=x)
             got_n = n
         elif mode == "eager":
-            m.set_attn_implementation("eager")
             m(input_ids=x, output_attentions=True)
             got_n = n
     dt = time.perf_counter() - t0
@@ -58,7 +71,48 @@ def one(mode: str, n: int) -> dict:
             "model_rss_mib": base_rss / 1024}
 
 
+def text_file(n: int) -> Path:
+    """The benchmark text of n SmolLM2 tokens, written once (the e2e command reads a file, as users do)."""
+    p = ROOT / "artifacts" / "bench" / f"text_{n}.txt"
+    if not p.exists():
+        sys.path.insert(0, str(ROOT))
+        from compute.models import load_model
+        tok = load_model("smollm2-135m").tokenizer
+        p.parent.mkdir(parents=True, exist_ok=True)
+        text = tok.decode(make_ids(tok, n))
+        assert len(tok(text).input_ids) == n
+        p.write_text(text)
+    return p
+
+
+def run_e2e(n: int, timeout: int) -> dict:
+    """Wall time and peak RSS of the whole CLI command on the n-token text (default sections)."""
+    import shutil
+    import tempfile
+    out = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    cmd = [sys.executable, "-m", "compute", "analyze", "--text-file", str(text_file(n)), "--out", str(out / "o"),
+           "--quiet", "--backend", "torch", "--max-tokens", str(max(n, 16))]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+    finally:
+        err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
+        shutil.rmtree(out, ignore_errors=True)
+    dt = time.perf_counter() - t0
+    if status != 0:
+        return {"mode": "e2e", "n": n, "error": f"exit {status}: {(err.strip().splitlines() or [''])[-1][:160]}"}
+    return {"mode": "e2e", "n": n, "seconds": dt, "peak_rss_mib": ru.ru_maxrss / 1024}
+
+
+SHORT = 12
+
+
 def run_child(mode: str, n: int, timeout: int) -> dict:
+    if mode == "e2e":
+        return run_e2e(n, timeout)
     cmd = [sys.executable, __file__, "--one", mode, str(n)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -112,16 +166,22 @@ def main() -> None:
         return
     rows = []
     print(f"machine: {machine()}", flush=True)
+    short = None
     for n in args.sizes:
         r = {"n": n}
         for _ in range(max(1, args.repeat)):
-            for mode in ("sdpa", "analysis") + (("eager",) if n <= args.eager_max else ()):
+            short = best(short, run_e2e(SHORT, args.timeout))
+            for mode in ("sdpa", "engine", "e2e") + (("eager",) if n <= args.eager_max else ()):
                 got = run_child(mode, n, args.timeout)
                 print(json.dumps(got), flush=True)
                 r[mode] = best(r.get(mode), got)
         rows.append(r)
-    lines = ["| n | sdpa forward s | full analysis s | eager+output_attentions s | analysis / sdpa | analysis / eager "
-             "| analysis peak RSS MiB | sdpa peak RSS MiB | eager peak RSS MiB |", "|" + "---|" * 9]
+    print(json.dumps({"short_run": short}), flush=True)
+    base = short.get("seconds") if short and "error" not in short else None
+    lines = [f"e2e = the whole `python -m compute analyze` command with default sections, minus the same command "
+             f"on a {SHORT}-token text ({'-' if base is None else f'{base:.2f}'} s)", "",
+             "| n | sdpa forward s | engine s | e2e extra s | eager+output_attentions s | engine / sdpa | e2e / sdpa "
+             "| e2e / eager | e2e peak RSS MiB | sdpa peak RSS MiB | eager peak RSS MiB |", "|" + "---|" * 11]
     summary = {}
     for r in rows:
         def sec(m):
@@ -131,21 +191,24 @@ def main() -> None:
         def rss(m):
             v = r.get(m)
             return "-" if v is None else (v.get("error", "")[:40] if "error" in v else f"{v['peak_rss_mib']:.0f}")
-        s, a, e = sec("sdpa"), sec("analysis"), sec("eager")
-        rs = a / s if a and s else None
-        re_ = a / e if a and e else None
-        fmt = lambda x, p=2: "-" if x is None else f"{x:.{p}f}"
-        lines.append(f"| {r['n']} | {fmt(s)} | {fmt(a)} | {fmt(e) if 'eager' in r else 'not run'} | {fmt(rs)} | "
-                     f"{fmt(re_)} | {rss('analysis')} | {rss('sdpa')} | {rss('eager')} |")
-        summary[r["n"]] = (rs, re_, r["analysis"].get("peak_rss_mib"))
+        s, g, e = sec("sdpa"), sec("engine"), sec("eager")
+        x = sec("e2e") - base if sec("e2e") is not None and base is not None else None
+        ratio = lambda a, b: a / b if a is not None and b else None    # noqa: E731
+        fmt = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"         # noqa: E731
+        lines.append(f"| {r['n']} | {fmt(s)} | {fmt(g)} | {fmt(x)} | {fmt(e) if 'eager' in r else 'not run'} | "
+                     f"{fmt(ratio(g, s))} | {fmt(ratio(x, s))} | {fmt(ratio(x, e))} | {rss('e2e')} | {rss('sdpa')} | "
+                     f"{rss('eager')} |")
+        summary[r["n"]] = (ratio(x, s), ratio(g, s), ratio(x, e), (r.get("e2e") or {}).get("peak_rss_mib"))
     table = "\n".join(lines)
     print(table)
     if args.out:
         Path(args.out).write_text(f"machine: {machine()}\n\n{table}\n")
     n = 2048 if 2048 in summary else rows[-1]["n"]
-    rs, re_, pk = summary[n]
-    f = lambda x: "nan" if x is None else f"{x:.3f}"
-    print(f"n={n} ratio_vs_sdpa={f(rs)} ratio_vs_eager={f(re_)} peak_rss_mib={'nan' if pk is None else f'{pk:.0f}'}")
+    xe, ge, xv, _ = summary[n]
+    pk = summary[max(summary)][3]
+    f = lambda v: "nan" if v is None else f"{v:.3f}"                     # noqa: E731
+    print(f"n={n} e2e_ratio_vs_sdpa={f(xe)} engine_ratio_vs_sdpa={f(ge)} ratio_vs_eager={f(xv)} "
+          f"peak_rss_mib={'nan' if pk is None else f'{pk:.0f}'}")
 
 
 if __name__ == "__main__":

@@ -138,21 +138,6 @@ def summarize(res, n_buckets: int = N_BUCKETS, lm=None) -> dict:
             "labels": roles.get("labels")}
 
 
-def role_stability(labels: list) -> dict:
-    """Pure: per-text role labels [texts][L][H] -> {'role_mode': [L][H] the most frequent role (ties: the
-    first in sorted order), 'role_stability': [L][H] the share of texts on which the head has it}."""
-    arr = np.asarray(labels, dtype=object)                     # [T, L, H]
-    T, L, H = arr.shape
-    mode = np.empty((L, H), dtype=object)
-    share = np.zeros((L, H))
-    for l in range(L):
-        for h in range(H):
-            names, counts = np.unique(arr[:, l, h].astype(str), return_counts=True)
-            k = int(np.argmax(counts))
-            mode[l, h], share[l, h] = str(names[k]), counts[k] / T
-    return {"role_mode": mode.tolist(), "role_stability": share.tolist()}
-
-
 def _tolist(a) -> dict:
     """Compact strict-JSON array: {"shape": [...], "flat": [...]} with NaN as null."""
     a = np.asarray(a, dtype=float)
@@ -201,12 +186,13 @@ def aggregate(items: list[tuple[str, str]], results: dict[str, dict], meta: dict
     out["heads"] = heads
     labelled = [s["labels"] for s in sums if s.get("labels")]
     if labelled:
-        rs = role_stability(labelled)
-        out.update(rs)
+        from .corpus_stats import role_stability
+        mode, share, _ = role_stability(np.asarray(labelled, dtype=object))
+        out["role_mode"], out["role_stability"] = mode.tolist(), share.tolist()
         out["role_stability_texts"] = len(labelled)
-        out["per_head"] = [{"id": f"{l}.{h}", "layer": l, "head": h, "role_mode": rs["role_mode"][l][h],
-                            "role_stability": rs["role_stability"][l][h]}
-                           for l in range(len(rs["role_mode"])) for h in range(len(rs["role_mode"][0]))]
+        out["per_head"] = [{"id": f"{l}.{h}", "layer": l, "head": h, "role_mode": out["role_mode"][l][h],
+                            "role_stability": out["role_stability"][l][h]}
+                           for l in range(mode.shape[0]) for h in range(mode.shape[1])]
     cal = {}
     for key in ("position_mass", "position_received"):
         stack = np.stack([_array(s[key]) for s in sums])                  # [texts, L, H, B]

@@ -165,14 +165,17 @@ def _plain(a: np.ndarray):
 def report_from_summary(text_id: str, summary: dict, thresholds: Optional[dict] = None) -> dict:
     """A corpus_overview input from compute/corpus.py's per-text summary ({'metrics': {name: {'shape',
     'flat'}}} with role scores as 'role_<name>'): head records with every metric and a role label from
-    the role scores the summary holds (compute/analysis/roles.label_heads, the report's rule; probe and
-    syntax roles are per model, not per text, so they are not in a corpus summary)."""
+    the summary's own labels (the pipeline's roles section) or, with other thresholds, relabelled from
+    the role scores it holds (compute/analysis/roles.label_heads, the report's rule)."""
     from .analysis.roles import label_heads
 
     arrays = {k: np.array([np.nan if v is None else v for v in x["flat"]], float).reshape(x["shape"])
               for k, x in summary["metrics"].items()}
     scores = {k[len("role_"):]: v for k, v in arrays.items() if k.startswith("role_")}
-    labels = label_heads(scores, thresholds) if scores else None
+    if summary.get("labels") and thresholds is None:       # the pipeline's own labels (every role)
+        labels = np.asarray(summary["labels"], dtype=object)
+    else:
+        labels = label_heads(scores, thresholds) if scores else None
     L, H = int(summary["n_layers"]), int(summary["n_heads"])
     heads = []
     for l in range(L):

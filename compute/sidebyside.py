@@ -31,9 +31,9 @@ JS_CELLS = 32              # ... above, pooled maps coarsened to this many block
 
 
 def _analyze(lm, text: str, opts):
-    """The one call into the analysis (switches to compute.pipeline.analyze when it lands)."""
-    from .limits import analyze_limited
-    return analyze_limited(lm, text, opts)
+    """The one call into the analysis: the pipeline (statistics only: the maps are what is compared)."""
+    from .pipeline import analyze
+    return analyze(lm, text, opts, None)
 
 
 def head_name(layer: int, head: int) -> str:

@@ -2,26 +2,9 @@
 
 
 def run_cli(argv) -> int:
-    """compute.cli.main with the embed, diff and search subcommands registered when build_parser does not
-    have them yet (the lead wires them in); the exit code, as `python -m compute` would return it."""
-    import compute.cli as cli
-    from compute import cli_diff, cli_embed, cli_search
-
-    orig = cli.build_parser
-
-    def build():
-        p = orig()
-        sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
-        for name, mod in (("embed", cli_embed), ("diff", cli_diff), ("search", cli_search)):
-            if name not in sub.choices:
-                mod.register(sub)
-        return p
-
-    cli.build_parser = build
-    try:
-        return cli.main(argv)
-    finally:
-        cli.build_parser = orig
+    """compute.cli.main in this process; the exit code, as `python -m compute` would return it."""
+    from compute.cli import main
+    return main(argv)
 
 
 def valid_figure(fig):

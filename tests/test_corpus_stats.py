@@ -93,9 +93,10 @@ def test_bad_inputs_are_user_errors():
 def test_matches_corpus_aggregate_on_real_reports(smollm):
     """The overview of real per-text reports equals compute/corpus.py's aggregate of the same texts,
     and its role mode equals the per-text labels counted directly."""
-    from compute.analysis import AnalysisSettings, attach, run_analysis
+    from compute.analysis.settings import AnalysisSettings
     from compute.corpus import aggregate, summarize
-    from compute.engine import AnalysisOptions, analyze_text
+    from compute.options import AnalysisOptions
+    from compute.pipeline import analyze
     from compute.report import build_report
 
     texts = [("p", "The cat sat on the mat because it was warm."),
@@ -104,9 +105,8 @@ def test_matches_corpus_aggregate_on_real_reports(smollm):
     opts = AnalysisOptions(compute_loss=False)
     reps, results = [], {}
     for tid, text in texts:
-        res = analyze_text(smollm, text, opts)
+        res = analyze(smollm, text, opts, AnalysisSettings(syntax=False, graphs=False))
         results[tid] = {"ok": True, "summary": summarize(res, lm=smollm)}
-        attach(res, run_analysis(smollm, res, AnalysisSettings(syntax=False, graphs=False)))
         reps.append(dict(build_report(res), id=tid))
     ov = corpus_overview(reps)
     agg = aggregate(texts, results, {})
@@ -184,18 +184,18 @@ def test_text_distributions_points_and_click_ids():
 def test_report_from_corpus_summary(smollm):
     """compute/corpus.py's per-text summaries give the same overview as full reports, with the same
     role labels as the report's roles section."""
-    from compute.analysis import AnalysisSettings, attach, run_analysis
+    from compute.analysis.settings import AnalysisSettings
     from compute.corpus import summarize
     from compute.corpus_stats import report_from_summary
-    from compute.engine import AnalysisOptions, analyze_text
+    from compute.options import AnalysisOptions
+    from compute.pipeline import analyze
     from compute.report import build_report
 
     texts = [("p", "Dear Anna, the garden is lovely; the roses are out."), ("q", "x = 1\ny = x + 2\nprint(y)")]
     from_sum, from_rep = [], []
     for tid, text in texts:
-        res = analyze_text(smollm, text, AnalysisOptions(compute_loss=False))
+        res = analyze(smollm, text, AnalysisOptions(compute_loss=False), AnalysisSettings(syntax=False, graphs=False))
         from_sum.append(report_from_summary(tid, summarize(res, lm=smollm)))
-        attach(res, run_analysis(smollm, res, AnalysisSettings(syntax=False, graphs=False)))
         from_rep.append(dict(build_report(res), id=tid))
     for a, b in zip(from_sum, from_rep):
         assert [r["role"] for r in a["heads"]] == [r["role"] for r in b["heads"]]

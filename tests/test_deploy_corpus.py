@@ -158,13 +158,6 @@ def test_inprocess_corpus_json(inprocess, tmp_path_factory):
         assert rec["id"] == f"{l}.{h}" and rec["role_mode"] == agg["role_mode"][l][h]
 
 
-def test_role_stability_by_hand():
-    labels = [[["sink", "local"]], [["sink", "broad"]], [["mixed", "broad"]], [["sink", "local"]]]
-    rs = corpus.role_stability(labels)
-    assert rs["role_mode"] == [["sink", "broad"]]          # a 2-2 tie goes to the first name in sorted order
-    assert rs["role_stability"] == [[0.75, 0.5]]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if REDIS_BIN is None:

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from compute.engine import AnalysisOptions, analyze_text
+from compute.options import AnalysisOptions
+from compute.pipeline import analyze as analyze_text
 from compute.errors import InputError
 from compute.sidebyside import compare, js_matrix, match_heads, row_distributions
 from tests.corpus_helpers import run_cli, valid_figure

@@ -5,12 +5,12 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import ProgressBar, add_model_args, get_text, load_for_cli
-from .errors import InputError
+from .common import ProgressBar, add_model_args, get_text, load_for_cli
+from ..errors import InputError
 
 
 def register(sub) -> None:
-    from .embedding import DEFAULT_METHOD, MAX_POINTS, METHODS, SEED
+    from ..embedding import DEFAULT_METHOD, MAX_POINTS, METHODS, SEED
     p = sub.add_parser("embed", help="joint 2-D embedding of one head's queries and keys (embedding.json)",
                        description="Capture one head's query and key vectors (position encoding applied) over a "
                                    "text or a corpus, align them as AttentionViz does (same mean norm, key "
@@ -45,9 +45,9 @@ def head_arg(value: str):
 
 def texts_from_args(args) -> list[tuple[str, str]]:
     """[(id, text)] from --corpus, or [('text', ...)] from --text / --text-file; sizes checked."""
-    from .corpus import read_corpus
-    from .engine import validate_text
-    from .limits import check_text_size
+    from ..corpus import read_corpus
+    from ..engine import validate_text
+    from ..limits import check_text_size
 
     if getattr(args, "corpus", None):
         items = read_corpus(args.corpus)
@@ -63,7 +63,7 @@ def texts_from_args(args) -> list[tuple[str, str]]:
 
 
 def max_tokens_from_args(args) -> int:
-    from . import settings
+    from .. import settings
     if args.max_tokens < 1:
         raise InputError("--max-tokens must be at least 1")
     cap = settings.get("ATTNVIS_MAX_TOKENS")
@@ -71,7 +71,7 @@ def max_tokens_from_args(args) -> int:
 
 
 def run(args) -> int:
-    from .embedding import embedding_for_texts
+    from ..embedding import embedding_for_texts
 
     if not 2 <= args.max_points <= 200_000:
         raise InputError("--max-points must be between 2 and 200000")

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import ProgressBar, add_model_args, get_text, load_for_cli, read_text_file
-from .errors import InputError
+from .common import ProgressBar, add_model_args, get_text, load_for_cli, read_text_file
+from ..errors import InputError
 
 
 def register(sub) -> None:
@@ -30,8 +30,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from argparse import Namespace
 
-    from .engine import AnalysisOptions, validate_text
-    from .sidebyside import JS_FULL_MAX, diff_texts
+    from ..engine import validate_text
+    from ..options import AnalysisOptions
+    from ..sidebyside import JS_FULL_MAX, diff_texts
 
     if args.model_b is None and args.text_file_b is None and args.text_b is None:
         raise InputError("nothing to compare: give --model-b (same text, two models) or --text-file-b "

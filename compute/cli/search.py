@@ -9,13 +9,13 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import ProgressBar, load_for_cli, read_text_file
-from .errors import InputError
+from .common import ProgressBar, load_for_cli, read_text_file
+from ..errors import InputError
 
 
 def register(sub) -> None:
-    from .context_search import BY, MAX_HITS, TOP_K_KEYS
-    from .models import DEFAULT_MODEL
+    from ..context_search import BY, MAX_HITS, TOP_K_KEYS
+    from ..models import DEFAULT_MODEL
     p = sub.add_parser("search", help="nearest corpus tokens by a head's query or the layer's hidden state "
                                       "(search.json)",
                        description="Find the corpus tokens whose query vector (of --layer/--head) or hidden "
@@ -41,8 +41,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .cli_embed import max_tokens_from_args, texts_from_args
-    from .context_search import MAX_HITS, build_index, search, search_at
+    from .embed import max_tokens_from_args, texts_from_args
+    from ..context_search import MAX_HITS, build_index, search, search_at
 
     if not 1 <= args.k <= MAX_HITS:
         raise InputError(f"--k must be between 1 and {MAX_HITS}")
