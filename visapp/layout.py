@@ -8,7 +8,7 @@ from . import ids, service
 from .presets import PRESETS
 from .urlstate import VIEW_TITLES, VIEWS
 
-STARTING = "starting: the example analysis begins as soon as the model is loaded…"
+STARTING = "starting: the analysis begins as soon as the model is loaded…"
 
 
 def input_panel() -> html.Aside:

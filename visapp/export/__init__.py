@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from .options import (CSS_PX_PER_IN, DATA_FORMATS, DPI_RANGE, FONTS, FORMATS, SIZE_PT_RANGE, WIDTHS,  # noqa: F401
                       ExportError, ExportOptions)
-from .render import (EXPORT_LOCK, browser_path, paper_figure, paper_label, paper_template_name, render,  # noqa: F401
+from ..templates import PAPER_WIDTH_IN  # noqa: F401
+from .render import (_RENDERER, EXPORT_LOCK, browser_path, paper_figure, paper_label, paper_template_name, render,  # noqa: F401
                      shutdown, tex_to_html)
 from .tables import Table, data_bytes, figure_tables  # noqa: F401
 from .provenance import caption_text, provenance, reproduce_command, software_versions, text_sha256  # noqa: F401
