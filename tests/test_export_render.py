@@ -171,6 +171,19 @@ def test_pdf_parses_embeds_fonts_and_keeps_text(ex):
     assert sum(abs(s - 8) < 0.05 for s in sizes) > 20                         # 0.7: the ij subscripts
 
 
+def test_pdf_title_is_the_figures_title(ex):
+    """Chromium writes its page title into the PDF (kaleido's 'Kaleido-fier'); the export sets the
+    figure's own title (markup dropped), or a plain fallback when the figure has none."""
+    from pypdf import PdfReader
+    opts = ex.ExportOptions(fmt="pdf")
+    raw, fig = heatmap_fig(ex, opts)
+    assert fig.layout.title.text is None                                     # papers put it in the caption
+    titled = PdfReader(io.BytesIO(ex.render(fig, opts, title="layer 3 <b>head 4</b> &amp; more"))).metadata
+    assert titled.title == "layer 3 head 4 & more"
+    untitled = PdfReader(io.BytesIO(ex.render(fig, opts))).metadata
+    assert untitled.title == "attnvis figure" and "Kaleido" not in str(dict(untitled))
+
+
 def test_svg_is_xml_with_text_elements_and_offline_math(ex):
     opts = ex.ExportOptions(fmt="svg")
     raw, fig = heatmap_fig(ex, opts)
