@@ -136,7 +136,7 @@ def test_paper_restyle_fonts_sizes_labels_and_no_ui_marks(ex):
 
 
 def test_png_dpi_chunk_and_figure_tables(ex):
-    from visapp import figure_registry as reg
+    from visapp.export import registry as reg
     raw, _ = heatmap_fig(ex, ex.ExportOptions())
     t = reg.heatmap_tables(raw, concat=True)["matrix"]
     a = causal_map(len(TOKENS))
@@ -266,7 +266,7 @@ def test_concurrent_exports_get_their_own_figure(ex, monkeypatch):
 def test_export_modules_do_not_import_torch():
     import subprocess
     import sys
-    code = ("import sys, visapp.export, visapp.export_ui, visapp.export_cli, visapp.figure_registry; "
+    code = ("import sys, visapp.export, visapp.export_ui, visapp.export.cli, visapp.export.registry, visapp.pages.head; "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]

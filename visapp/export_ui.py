@@ -4,7 +4,7 @@ server-side with kaleido (visapp.export) and delivering through dcc.Download.
 Figure: SVG, PDF or PNG (chosen DPI), single or double column, serif or sans, 7-10 pt. Data: the
 figure's numbers as CSV (a zip of CSVs when it has several tables) or JSON with provenance.
 The export renders the figure the view shows: same analysis, same selected head and controls, same
-view function (visapp.figure_registry), only with the paper template.
+view function (visapp.export.registry), only with the paper template.
 
 Component ids are {"type": "export-<kind>", "view": <view>}; each view gets its own callback
 (`register`), whose States are the shell's URL state plus the controls its page module lists in
