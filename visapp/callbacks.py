@@ -50,8 +50,9 @@ def route(pathname, search):
 @callback(
     Output(ids.URL, "search"), Output(ids.STATE, "data"),
     Input(ids.URL, "pathname"), Input(ids.URL, "search"), Input(ids.DONE, "data"), Input(ids.SELECT, "data"),
+    State(ids.STATE, "data"),
 )
-def sync_state(pathname, search, done, select):
+def sync_state(pathname, search, done, select, prev=None):
     trig = ctx.triggered_id
     st = urlstate.parse(pathname, search)
     if trig == ids.DONE and done:
@@ -70,6 +71,8 @@ def sync_state(pathname, search, done, select):
     if a:
         st["head"], st["model"] = a.state["head"], a.res.model
     new_search = urlstate.to_search(st)
+    if st == prev and new_search == (search or ""):
+        raise PreventUpdate       # the echo of our own URL write: the pages have drawn this state already
     return (new_search if new_search != (search or "") else no_update), st
 
 

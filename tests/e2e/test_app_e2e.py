@@ -205,7 +205,7 @@ def test_variant_comparison(app_url, app_page):
     drawn(page, "vr-bars", ".barlayer .point")
     # the difference map shows the variant picked for it
     page.click("#vr-diff-pick")
-    options = page.locator("#vr-diff-pick [role=option]")
+    options = page.locator(".dash-dropdown-content .dash-dropdown-option")   # the open list (a popover)
     expect(options).to_have_count(2)
     second = options.nth(1).inner_text()
     options.nth(1).click()
