@@ -344,7 +344,8 @@ def test_variant_figures_export_per_variant_tables(key):
     pdf = export.export_figure(ctx, reg.spec("variants", "maps"), export.ExportOptions(width="double")).content
     assert pdf.startswith(b"%PDF")
     no_cmp = reg.make_context(key, reg.ViewSettings(head=(3, 4)))
-    with pytest.raises(export.InputError, match="no variant comparison"):
+    from compute.errors import InputError
+    with pytest.raises(InputError, match="no variant comparison"):
         export.tables_of(no_cmp, reg.spec("variants", "bars"))
 
 
