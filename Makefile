@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
 
-.PHONY: setup setup-system app test test-unit test-integration test-e2e bench
+.PHONY: setup setup-system app app-models test test-unit test-integration test-e2e bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -25,7 +25,12 @@ setup-system:
 	@if [ "$$(id -u)" = 0 ] && { ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; }; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server >/dev/null; fi
 
-app: setup
+# The embedded GGUF model is dequantised once into ATTNVIS_CACHE_DIR (load_model converts on first use,
+# ~30 s), here rather than inside the app's first analysis; later runs only load it (a few seconds).
+app-models: setup
+	$(VPY) -c "from compute.models import load_model; load_model('smollm2-135m')"
+
+app: setup app-models
 	$(VPY) app.py
 
 test: setup setup-system

@@ -6,18 +6,24 @@ import os
 
 import dash
 
-from visapp import templates  # noqa: F401  (registers the plotly templates)
+from visapp import pages, templates  # noqa: F401  (templates: registers the plotly templates)
 from visapp.hardening import on_callback_error, secret_key  # callback failures -> one line in the page
 from visapp.layout import serve_layout
 
+# Dash pages with the registry filled by visapp.pages (pages_folder="": no folder scan, which would
+# import the page modules a second time under another name). The shell's own router
+# (visapp.callbacks.route) swaps pages on a path change only: Dash's router also rebuilds the page on
+# every query change, and a head click changes the query.
 app = dash.Dash(__name__, title="attnvis", update_title=None, suppress_callback_exceptions=True,
+                use_pages=True, pages_folder="",
                 assets_folder=os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets"),
                 health_endpoint="/healthz", on_error=on_callback_error)
 app.layout = serve_layout
 server = app.server
 server.secret_key = secret_key()  # one signing secret for every web process (visapp.hardening)
+pages.register_all()              # the page modules and their callbacks
 
-from visapp import callbacks  # noqa: E402,F401  (registers the callbacks on import)
+from visapp import callbacks  # noqa: E402,F401  (registers the shell's callbacks on import)
 # The Procfile's worker runs `celery -A app:celery_app`: importing this module registers the background
 # callbacks as Celery tasks (with REDIS_URL) next to compute.tasks' corpus task.
 from compute.tasks import celery_app  # noqa: E402,F401

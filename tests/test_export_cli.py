@@ -125,6 +125,7 @@ def test_cli_head_pdf_with_matrix_data(cache, overview_run, key, text_file):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == [str(out / "head.pdf"), str(out / "head.json")]
     reader = PdfReader(str(out / "head.pdf"))
+    assert reader.metadata.title == "layer 3 head 4"                       # not kaleido's 'Kaleido-fier'
     page = reader.pages[0]
     assert float(page.mediabox.width) == pytest.approx(6.9 * 72, rel=0.01)
     for ref in page["/Resources"]["/Font"].values():                                   # fonts embedded
@@ -144,7 +145,7 @@ def test_cli_head_pdf_with_matrix_data(cache, overview_run, key, text_file):
 
 
 def test_cli_errors_are_one_line(cache, text_file, key, capsys, monkeypatch, tmp_path):
-    from visapp.export_cli import main
+    from visapp.export.cli import main
     monkeypatch.setenv("ATTNVIS_TORCH_THREADS", "1")
     cases = [(["--figure", "nosuch"], "unknown figure"), (["--figure", "head:x"], "head:L.H"),
              (["--format", "eps"], "format must be"), (["--dpi", "5"], "dpi"),
@@ -167,8 +168,9 @@ def test_cli_errors_are_one_line(cache, text_file, key, capsys, monkeypatch, tmp
 def test_export_calls_the_apps_view_functions_and_shows_the_same_numbers(key, monkeypatch):
     """Spy on every view function; the app's callbacks and the export path must both go through them
     and produce the same traces (only the template differs)."""
-    from visapp import callbacks, export, figure_registry as reg, urlstate
-    from visapp.views import entropy, graphs, head, overview, sinks
+    from visapp import export, urlstate
+    from visapp.export import registry as reg
+    from visapp.pages import entropy, graphs, head, overview, sinks
     calls = []
     for mod, name in [(overview, "render_grid"), (head, "render_map"), (head, "render_entropy"),
                       (head, "render_received"), (head, "render_token_graph"), (head, "render_deps"),
@@ -197,9 +199,9 @@ def test_export_calls_the_apps_view_functions_and_shows_the_same_numbers(key, mo
     assert set(exported) == set(expected)
     # the app's callbacks (screen template) call the same functions and draw the same data
     calls.clear()
-    app_overview = callbacks.render_overview(state_for(key, "overview"), "importance", "Viridis")[0]
-    app_head = callbacks.render_head(state_for(key, "head"), "max", None)
-    app_sinks = callbacks.render_sinks(state_for(key, "sinks"), 0.3)
+    app_overview = overview.render_overview(state_for(key, "overview"), "importance", "Viridis")[0]
+    app_head = head.render_head(state_for(key, "head"), "max", None)
+    app_sinks = sinks.render_sinks(state_for(key, "sinks"), 0.3)
     assert {"overview.render_grid", "head.render_map", "sinks.render"} <= set(calls)
 
     def same(a, b):
@@ -254,14 +256,15 @@ def test_app_export_callback_as_a_plain_function(key):
 
 
 def test_app_export_through_the_dash_server(key):
-    """The MATCH callback over HTTP, as the browser calls it (no browser needed)."""
+    """The head view's export callback over HTTP, as the browser calls it (no browser needed)."""
     import app as webapp
     from visapp import ids
-    from visapp.export_ui import CONTROL_STATES, eid
+    from visapp.export_ui import eid
+    from visapp.pages import head
     c = webapp.server.test_client()
     deps = c.get("/_dash-dependencies").get_json()
-    output = next(d["output"] for d in deps if '"export-download"' in d["output"])
     view = "head"
+    output = next(d["output"] for d in deps if '"export-download"' in d["output"] and '"view":"head"' in d["output"])
 
     def pid(kind, prop):
         return json.dumps(eid(kind, view), sort_keys=True, separators=(",", ":")) + "." + prop
@@ -279,7 +282,7 @@ def test_app_export_through_the_dash_server(key):
                   {"id": eid("size", view), "property": "value", "value": 8},
                   {"id": eid("dpi", view), "property": "value", "value": 300},
                   {"id": ids.STATE, "property": "data", "value": state_for(key, "head", head="2.1")}]
-        + [{"id": cid, "property": prop, "value": None} for _, cid, prop in CONTROL_STATES],
+        + [{"id": cid, "property": prop, "value": None} for _, cid, prop in head.EXPORT_CONTROLS],
     }
     r = c.post("/_dash-update-component", json=body)
     assert r.status_code == 200, r.get_data(as_text=True)[:500]
@@ -293,8 +296,9 @@ def test_app_export_through_the_dash_server(key):
 # ---------------------------------------------------------------- bundle
 
 def test_bundle_has_every_available_figure_with_data_and_caption(key, tmp_path):
-    from visapp import export, figure_registry as reg
-    from visapp.export_cli import parser
+    from visapp import export
+    from visapp.export import registry as reg
+    from visapp.export.cli import parser
     ctx = reg.make_context(key, reg.ViewSettings(head=(3, 4), eps=0.4))
     index = export.write_bundle(ctx, tmp_path, export.ExportOptions(), formats=("svg",))
     assert set(index["skipped"]) == {"basin/curves", "variants/maps", "variants/diff", "variants/bars",
@@ -318,7 +322,8 @@ def test_bundle_has_every_available_figure_with_data_and_caption(key, tmp_path):
 def test_variant_figures_export_per_variant_tables(key):
     """A real comparison (the app's run_comparison: sliding window of 4 on layer 3, 14 tokens): the
     export tables per panel carry the comparison's own maps, their difference and its e2e numbers."""
-    from visapp import export, figure_registry as reg, service
+    from visapp import export, service
+    from visapp.export import registry as reg
     ck = service.run_comparison(key, ["window:4"], [3], (3, 4))
     cmp = service.get_comparison(ck)
     spec = cmp.specs[0]
@@ -339,5 +344,56 @@ def test_variant_figures_export_per_variant_tables(key):
     pdf = export.export_figure(ctx, reg.spec("variants", "maps"), export.ExportOptions(width="double")).content
     assert pdf.startswith(b"%PDF")
     no_cmp = reg.make_context(key, reg.ViewSettings(head=(3, 4)))
-    with pytest.raises(export.InputError, match="no variant comparison"):
+    from compute.errors import InputError
+    with pytest.raises(InputError, match="no variant comparison"):
         export.tables_of(no_cmp, reg.spec("variants", "bars"))
+
+
+# ---------------------------------------------------------------- a saved CLI analysis (--from)
+
+def numbers(rows: list[str]) -> np.ndarray:
+    """The numeric cells of CSV rows (blank = NaN, True/False = 1/0; labels skipped)."""
+    out = []
+    for row in rows:
+        for cell in row.split(","):
+            if cell in ("", "nan"):
+                out.append(np.nan)
+            elif cell in ("True", "False"):
+                out.append(float(cell == "True"))
+            else:
+                try:
+                    out.append(float(cell))
+                except ValueError:
+                    pass
+    return np.array(out, float)
+
+
+def test_from_a_saved_analysis_runs_no_model_and_shows_the_same_numbers(cache, overview_run, text_file, tmp_path):
+    """`python -m compute analyze --out DIR`, then the model made unknown in report.json: --from DIR
+    still renders (no model is loaded), with the same figure data as the export from the text."""
+    env = dict(os.environ, ATTNVIS_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT), ATTNVIS_TORCH_THREADS="1")
+    saved = tmp_path / "saved"
+    r = subprocess.run([sys.executable, "-m", "compute", "analyze", "--model", "smollm2-135m", "--text-file",
+                        str(text_file), "--out", str(saved), "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((saved / "report.json").read_text())
+    report["meta"]["model"] = "no-such-model-anywhere"
+    (saved / "report.json").write_text(json.dumps(report))
+    for fig in ("head:3.4", "sinks"):
+        a, b = tmp_path / f"text-{fig[:4]}.csv", tmp_path / f"saved-{fig[:4]}.csv"
+        r = cli(cache, "--text-file", text_file, "--figure", fig, "--out", tmp_path / "t.svg", "--data", a)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = cli(cache, "--from", saved, "--figure", fig, "--out", tmp_path / "s.svg", "--data", b,
+                "--caption", tmp_path / "s.caption.json")
+        assert r.returncode == 0, r.stderr[-3000:]
+        ra, rb = a.read_text().splitlines(), b.read_text().splitlines()
+        assert ra[0] == rb[0] and len(ra) == len(rb) > 1
+        na, nb = numbers(ra[1:]), numbers(rb[1:])
+        assert na.size > 10 and np.isfinite(na).sum() > 10
+        np.testing.assert_allclose(na, nb, atol=2e-3, equal_nan=True)
+        cap = json.loads((tmp_path / "s.caption.json").read_text())
+        assert cap["model"] == "no-such-model-anywhere" and f"--from {saved}" in cap["reproduce"]
+    # the saved folder must hold an analysis
+    r = cli(cache, "--from", tmp_path, "--figure", "sinks", "--out", tmp_path / "x.svg")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --from") and "report.json" in r.stderr

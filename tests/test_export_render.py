@@ -136,7 +136,7 @@ def test_paper_restyle_fonts_sizes_labels_and_no_ui_marks(ex):
 
 
 def test_png_dpi_chunk_and_figure_tables(ex):
-    from visapp import figure_registry as reg
+    from visapp.export import registry as reg
     raw, _ = heatmap_fig(ex, ex.ExportOptions())
     t = reg.heatmap_tables(raw, concat=True)["matrix"]
     a = causal_map(len(TOKENS))
@@ -169,6 +169,19 @@ def test_pdf_parses_embeds_fonts_and_keeps_text(ex):
     sizes = pdf_text_sizes(pdf)                 # 8 pt exactly (kaleido's page margins would shrink it)
     assert sizes and all(abs(s - 8) < 0.05 or abs(s - 0.7 * 8) < 0.05 for s in sizes), sorted(set(sizes))
     assert sum(abs(s - 8) < 0.05 for s in sizes) > 20                         # 0.7: the ij subscripts
+
+
+def test_pdf_title_is_the_figures_title(ex):
+    """Chromium writes its page title into the PDF (kaleido's 'Kaleido-fier'); the export sets the
+    figure's own title (markup dropped), or a plain fallback when the figure has none."""
+    from pypdf import PdfReader
+    opts = ex.ExportOptions(fmt="pdf")
+    raw, fig = heatmap_fig(ex, opts)
+    assert fig.layout.title.text is None                                     # papers put it in the caption
+    titled = PdfReader(io.BytesIO(ex.render(fig, opts, title="layer 3 <b>head 4</b> &amp; more"))).metadata
+    assert titled.title == "layer 3 head 4 & more"
+    untitled = PdfReader(io.BytesIO(ex.render(fig, opts))).metadata
+    assert untitled.title == "attnvis figure" and "Kaleido" not in str(dict(untitled))
 
 
 def test_svg_is_xml_with_text_elements_and_offline_math(ex):
@@ -253,7 +266,7 @@ def test_concurrent_exports_get_their_own_figure(ex, monkeypatch):
 def test_export_modules_do_not_import_torch():
     import subprocess
     import sys
-    code = ("import sys, visapp.export, visapp.export_ui, visapp.export_cli, visapp.figure_registry; "
+    code = ("import sys, visapp.export, visapp.export_ui, visapp.export.cli, visapp.export.registry, visapp.pages.head; "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]

@@ -114,10 +114,17 @@ def test_url_state_fuzz(app_env, path, search, head):
 def test_head_click_fuzz(app_env, points):
     """clickData as a tampered client could send it."""
     from visapp import ids
-    dep = next(d for d in app_env["deps"] if f"{ids.URL}.search" in outputs(d))
+    click_deps = [d for d in app_env["deps"] if any(x["property"] == "clickData" for x in d["inputs"])]
+    sync = next(d for d in app_env["deps"] if f"{ids.URL}.search" in outputs(d))
+    assert len(click_deps) >= 5
     for click in (points, {"points": points}, {"points": [{"customdata": points, "x": points, "y": points}]}):
-        r = post(app_env["client"], dep, {f"{ids.URL}.pathname": "/head", f"{ids.URL}.search": f"?a={app_env['key']}",
-                                          f"{ids.OV_GRAPH}.clickData": click}, [f"{ids.OV_GRAPH}.clickData"])
+        for dep in click_deps:
+            source = next(x["id"] for x in dep["inputs"] if x["property"] == "clickData")
+            r = post(app_env["client"], dep, {f"{source}.clickData": click, "view-state.data": {"a": app_env["key"]}},
+                     [f"{source}.clickData"])
+            assert_no_crash(r)
+        r = post(app_env["client"], sync, {f"{ids.URL}.pathname": "/head", f"{ids.URL}.search": f"?a={app_env['key']}",
+                                           f"{ids.SELECT}.data": points}, [f"{ids.SELECT}.data"])
         assert_no_crash(r)
 
 
@@ -126,7 +133,7 @@ def test_head_click_fuzz(app_env, points):
 def test_every_callback_with_random_json(app_env, data):
     """Random JSON in every input and state of a random non-background callback: no 500, no traceback
     (a tampered request may get a one-line 'internal error', never a crash)."""
-    deps = [d for d in app_env["deps"] if not d.get("background")
+    deps = [d for d in app_env["deps"] if not d.get("background") and not d.get("clientside_function")
             and '["ALL' not in json.dumps(d)]              # ALL/ALLSMALLER need list-valued specs
     dep = data.draw(st.sampled_from(deps))
     values = {}
@@ -165,7 +172,7 @@ def assert_clear_error(err):
 def test_analysis_job_invalid_model_paths(app_env, model):
     from visapp import callbacks as cb, ids
     done, err = run_job(cb.analysis_job, ids.ANALYZE, 1, None, None, "smollm2-135m", model, "hello world", "auto",
-                        64, 4, "none", [], [], 0)
+                        64, 4, "none", [], [])
     if model.strip() in ("", "smollm2-135m", "minilm-l6"):
         return
     assert_clear_error(err)
@@ -178,7 +185,7 @@ def test_analysis_job_invalid_model_paths(app_env, model):
 def test_analysis_job_hostile_texts_and_numbers(app_env, text, max_tokens, sink):
     from visapp import callbacks as cb, ids
     done, err = run_job(cb.analysis_job, ids.ANALYZE, 1, None, None, "minilm-l6", "", text, "auto",
-                        max_tokens, sink, "none", [], [], 0)
+                        max_tokens, sink, "none", [], [])
     if err == "":                                   # a valid request: it was analysed and cached
         assert done and app_env["service"].is_cached(done["key"])
     else:
@@ -194,7 +201,7 @@ def test_analysis_job_invalid_item_spans(app_env, spans, junk):
     from visapp import callbacks as cb, ids
     text = "".join(f"Document [{a}] {junk}\n\n" for a, _ in spans) or junk
     done, err = run_job(cb.analysis_job, ids.ANALYZE, 1, None, None, "minilm-l6", "", text, "auto", 128, 4, "auto",
-                        [], [], 0)
+                        [], [])
     if err != "":
         assert_clear_error(err)
 
@@ -203,7 +210,7 @@ def test_analysis_job_invalid_item_spans(app_env, spans, junk):
 @given(custom=st.one_of(hostile, st.from_regex(r"[a-z+]{0,8}:[a-z0-9=,.+\-]{0,12}", fullmatch=True)),
        layers=st.one_of(hostile, st.from_regex(r"[0-9,\- ]{0,8}", fullmatch=True)))
 def test_compare_job_invalid_variant_specs(app_env, custom, layers):
-    from visapp import callbacks as cb
+    from visapp.pages import variants as cb
     state = {"a": app_env["key"], "view": "variants", "head": "0.0"}
     store, err = run_job(cb.compare_job, None, 1, [], custom, layers, state)
     if err not in ("", None):

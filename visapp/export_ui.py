@@ -4,27 +4,29 @@ server-side with kaleido (visapp.export) and delivering through dcc.Download.
 Figure: SVG, PDF or PNG (chosen DPI), single or double column, serif or sans, 7-10 pt. Data: the
 figure's numbers as CSV (a zip of CSVs when it has several tables) or JSON with provenance.
 The export renders the figure the view shows: same analysis, same selected head and controls, same
-view function (visapp.figure_registry), only with the paper template.
+view function (visapp.export.registry), only with the paper template.
 
-Component ids are pattern-matching dicts {"type": "export-<kind>", "view": <view>}; one MATCH callback
-serves every view. `export_download` is the plain function behind it (tests call it directly).
+Component ids are {"type": "export-<kind>", "view": <view>}; each view gets its own callback
+(`register`), whose States are the shell's URL state plus the controls its page module lists in
+EXPORT_CONTROLS (a page's components exist only while it is shown). `export_download` is the plain
+function behind it (tests call it directly).
 """
 from __future__ import annotations
 
 import logging
 from typing import Optional
 
-from dash import MATCH, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from compute.errors import UserError
 
 from . import export as ex
-from . import figure_registry as reg
-from . import ids, service, urlstate
-from .views.common import controls, labelled
+from . import ids, pages, service, urlstate
+from .components import controls, labelled
+from .export import registry as reg
+from .urlstate import VIEWS
 
 log = logging.getLogger(__name__)
-
 KINDS = ("part", "fmt", "width", "font", "size", "dpi", "fig", "csv", "json", "download", "msg")
 
 
@@ -60,13 +62,9 @@ def control(view: str) -> html.Details:
     ], className="card export")
 
 
-def with_export(view_divs: list) -> list:
-    """Append the export control to each view's layout (ids 'view-<name>')."""
-    for div in view_divs:
-        view = str(div.id)[len(ids.VIEW_PREFIX):]
-        if view in reg.REGISTRY:
-            div.children = list(div.children or []) + [control(view)]
-    return view_divs
+def controls_for(view: str) -> list:
+    """The export block under a page ([] for a view with no exportable figure)."""
+    return [control(view)] if view in reg.REGISTRY else []
 
 
 def settings_from(state: dict, controls_: dict) -> reg.ViewSettings:
@@ -78,7 +76,7 @@ def settings_from(state: dict, controls_: dict) -> reg.ViewSettings:
         size_by=c.get("size_by", d.size_by), colours=c.get("colours", d.colours), pool=c.get("pool", d.pool),
         eps=float(c.get("eps", d.eps)), head_threshold=float(c.get("head_threshold", d.head_threshold)),
         graph_threshold=float(c.get("graph_threshold", d.graph_threshold)),
-        important=tuple(int(i) for i in c.get("important", ())))
+        important=tuple(int(i) for i in c.get("important", ())), diff_variant=str(c.get("diff_variant") or ""))
 
 
 def export_download(view: str, what: str, *, part: Optional[str], fmt: str = "pdf", width: str = "single",
@@ -120,25 +118,29 @@ def export_download(view: str, what: str, *, part: Optional[str], fmt: str = "pd
 
 
 WHAT = {"export-fig": "figure", "export-csv": "csv", "export-json": "json"}
-CONTROL_STATES = (("size_by", ids.OV_SIZE, "value"), ("colours", ids.OV_COLORS, "value"),
-                  ("pool", ids.HD_POOL, "value"), ("eps", ids.SK_EPS, "value"),
-                  ("head_threshold", ids.HD_THRESHOLD, "value"), ("graph_threshold", ids.GR_THRESHOLD, "value"),
-                  ("important", ids.BS_IMPORTANT, "value"), ("zoom", ids.ZOOM, "data"),
-                  ("compare", ids.COMPARE, "data"))
 
 
-@callback(
-    Output(eid("download", MATCH), "data"), Output(eid("msg", MATCH), "children"),
-    Input(eid("fig", MATCH), "n_clicks"), Input(eid("csv", MATCH), "n_clicks"), Input(eid("json", MATCH), "n_clicks"),
-    State(eid("part", MATCH), "value"), State(eid("fmt", MATCH), "value"), State(eid("width", MATCH), "value"),
-    State(eid("font", MATCH), "value"), State(eid("size", MATCH), "value"), State(eid("dpi", MATCH), "value"),
-    State(ids.STATE, "data"), *[State(cid, prop) for _, cid, prop in CONTROL_STATES],
-    prevent_initial_call=True,
-)
-def export_click(n_fig, n_csv, n_json, part, fmt, width, font, size_pt, dpi, state, *control_values):
-    trig = ctx.triggered_id
-    if not isinstance(trig, dict) or trig.get("type") not in WHAT:
-        return no_update, no_update
-    controls_ = {name: v for (name, _, _), v in zip(CONTROL_STATES, control_values)}
-    return export_download(trig["view"], WHAT[trig["type"]], part=part, fmt=fmt, width=width, font=font,
-                           size_pt=size_pt, dpi=dpi, state=state, controls_=controls_)
+def register(view: str) -> None:
+    """The export callback of one view: its buttons, its export options, its page's controls."""
+    states = tuple(getattr(pages.module(view), "EXPORT_CONTROLS", ()))
+
+    def export_click(n_fig, n_csv, n_json, part, fmt, width, font, size_pt, dpi, state, *control_values):
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict) or trig.get("type") not in WHAT:
+            return no_update, no_update
+        controls_ = {name: v for (name, _, _), v in zip(states, control_values)}
+        return export_download(view, WHAT[trig["type"]], part=part, fmt=fmt, width=width, font=font,
+                               size_pt=size_pt, dpi=dpi, state=state, controls_=controls_)
+
+    export_click.__name__ = f"export_{view}"
+    callback(Output(eid("download", view), "data"), Output(eid("msg", view), "children"),
+             Input(eid("fig", view), "n_clicks"), Input(eid("csv", view), "n_clicks"),
+             Input(eid("json", view), "n_clicks"),
+             *[State(eid(k, view), "value") for k in ("part", "fmt", "width", "font", "size", "dpi")],
+             State(ids.STATE, "data"), *[State(cid, prop) for _, cid, prop in states],
+             prevent_initial_call=True)(export_click)
+
+
+for _view in VIEWS:
+    if _view in reg.REGISTRY:
+        register(_view)

@@ -257,7 +257,7 @@ def on_callback_error(exc: BaseException):
     from dash import ctx, no_update, set_props
 
     from . import ids
-    from .callbacks import error_box
+    from .components import error_box
     box = error_box(user_message(exc))
     error_ids = {ids.ERROR, getattr(ids, "VR_ERROR", ids.ERROR)}
     outputs = getattr(ctx, "outputs_list", None) or []

@@ -1,4 +1,5 @@
-"""Every component id in one place (strings; views are keyed by visapp.urlstate.VIEWS)."""
+"""Every component id in one place (strings; views are keyed by visapp.urlstate.VIEWS). The shell's
+ids (stores, input panel, navigation) exist on every page; a page's ids only while it is shown."""
 from __future__ import annotations
 
 # routing and state
@@ -15,6 +16,10 @@ COMPARE = "compare-store"            # dcc.Store: cache key of the variant compa
 ZOOM_JOB = "zoom-job-store"
 COMPARE_JOB = "compare-job-store"
 RUN_INFO = "run-info"
+PAGE = "page-content"                # the shown page (visapp.pages.<view>.layout)
+SELECT = "select-store"              # dcc.Store: a page's selection (head, metric, scale) for sync_state
+GEN_REQ = "generate-request"         # dcc.Store: the generate page asks the analysis job to generate
+NOTICE = "notice-box"                # one-line notices (cancelled, link not stored)
 
 # input panel
 MODEL = "model-select"
@@ -94,6 +99,7 @@ VR_DIFF = "vr-diff"
 VR_TABLE = "vr-table"
 VR_BARS = "vr-bars"
 VR_NOTE = "vr-note"
+VR_DIFF_PICK = "vr-diff-pick"        # which variant the difference map shows
 
 # generation
 GN_TOKENS = "gn-tokens"
@@ -101,6 +107,7 @@ GN_RUN = "gn-run"
 GN_TEXT = "gn-text"
 GN_MAP = "gn-map"
 GN_TABLE = "gn-table"
+GN_USE = "gn-use"                    # button: use prompt + continuation as the text
 
 
 def nav(view: str) -> str:

@@ -1,12 +1,14 @@
-"""The page: header, input panel, view navigation, and every view's static layout (one shown at a time)."""
+"""The shell around the pages: header, input panel, navigation, the shared stores, and the page
+container the router (visapp.callbacks.route) fills with the shown view (visapp.pages.<view>)."""
 from __future__ import annotations
 
 from dash import dcc, html
 
-from . import export_ui, ids, service
+from . import ids, service
 from .presets import PRESETS
 from .urlstate import VIEW_TITLES, VIEWS
-from .views import basin, entropy, generate, graphs, head, overview, sinks, variants
+
+STARTING = "starting: the analysis begins as soon as the model is loaded…"
 
 
 def input_panel() -> html.Aside:
@@ -49,6 +51,7 @@ def input_panel() -> html.Aside:
                   html.Div(id=ids.PROGRESS_MSG, className="progress-msg")], id=ids.PROGRESS_WRAP,
                  style={"display": "none"}),
         html.Div(id=ids.ERROR, role="alert", className="error-box"),
+        html.Div(id=ids.NOTICE, role="status", className="notice-box"),
     ], className="panel")
 
 
@@ -58,19 +61,18 @@ def nav() -> html.Nav:
 
 
 def serve_layout() -> html.Div:
-    """A function (not a value) so every page load gets fresh model choices; builds no figures."""
+    """A function (not a value) so every page load gets fresh model choices; builds no figures and
+    loads no model, so the status line shows at once."""
     return html.Div([
         dcc.Location(id=ids.URL, refresh="callback-nav"),
         dcc.Store(id=ids.STATE), dcc.Store(id=ids.DONE), dcc.Store(id=ids.AUTORUN), dcc.Store(id=ids.FILLED),
         dcc.Store(id=ids.ZOOM), dcc.Store(id=ids.ZOOM_REQ), dcc.Store(id=ids.COMPARE),
-        dcc.Store(id=ids.ZOOM_JOB), dcc.Store(id=ids.COMPARE_JOB),
+        dcc.Store(id=ids.ZOOM_JOB), dcc.Store(id=ids.COMPARE_JOB), dcc.Store(id=ids.SELECT),
+        dcc.Store(id=ids.GEN_REQ),
         html.Header([html.H1("attnvis"), html.Span("attention in transformers, head by head", className="tagline"),
-                     html.Div(id=ids.RUN_INFO, className="run-info")]),
+                     html.Div(STARTING, id=ids.RUN_INFO, className="run-info", role="status")]),
         html.Div([
             input_panel(),
-            html.Main([nav(), *export_ui.with_export([
-                       overview.layout(), head.layout(), sinks.layout(), basin.layout(), entropy.layout(),
-                       graphs.layout(), variants.layout(service.variant_choices()), generate.layout()])],
-                      className="main"),
+            html.Main([nav(), html.Div(html.P(STARTING, className="help"), id=ids.PAGE)], className="main"),
         ], className="body"),
     ])

@@ -46,10 +46,12 @@ CODE = '''def moving_average(values, window):
     return out
 '''
 
+# "probes": the synthetic probes a preset is made for; choosing the preset ticks them (Options -> Probes).
 PRESETS = {
-    "prose": {"label": "Prose", "text": PROSE, "items": "auto"},
-    "basin": {"label": "Documents + question (basin)", "text": MULTI_DOC, "items": "auto"},
-    "induction": {"label": "Repeated sequence (induction)", "text": INDUCTION, "items": "auto"},
-    "code": {"label": "Code", "text": CODE, "items": "auto"},
+    "prose": {"label": "Prose", "text": PROSE, "items": "auto", "probes": ()},
+    "basin": {"label": "Documents + question (basin)", "text": MULTI_DOC, "items": "auto", "probes": ("retrieval",)},
+    "induction": {"label": "Repeated sequence (induction)", "text": INDUCTION, "items": "auto",
+                  "probes": ("induction",)},
+    "code": {"label": "Code", "text": CODE, "items": "auto", "probes": ()},
 }
 DEFAULT_PRESET = "prose"

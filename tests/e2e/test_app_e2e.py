@@ -36,6 +36,9 @@ def run_info(page):
 def test_landing_click_head_and_every_view(app_url, app_page):
     page = app_page
     page.goto(app_url)
+    # a status line from the first second (cold start), one view's cards only, never a bare "..."
+    expect(page.locator(".run-info")).to_have_text(re.compile(r"starting|analysing|smollm2"), timeout=5_000)
+    expect(page.locator(".view")).to_have_count(1)
     wait_overview(page, FIRST_ANALYSIS_S)
     assert re.search(r"smollm2-135m · \d+ tokens · 30×9 heads", run_info(page))
     shot(page, "overview")
@@ -128,18 +131,35 @@ def test_errors_show_in_the_page_and_results_stay(app_url, app_page):
     assert run_info(page) == info
     assert page.locator("#ov-graph .scatterlayer .point").count() > 200
     # a running analysis can be cancelled; nothing changes (a long text with probes: minutes of work)
+    page.fill("#text-input", "")
+    page.goto(page.url)                                 # the panel shows the shown result's text again
+    wait_overview(page)
+    shown_text = page.locator("#text-input").input_value()
+    assert shown_text.strip()
     page.click("#preset-basin")
     long_text = page.locator("#text-input").input_value()
     page.fill("#text-input", "\n\n".join([long_text] * 6))
     page.click(".options summary")                      # the options panel starts folded
-    page.click("#opt-probes input[value=induction]")
-    page.click("#opt-probes input[value=retrieval]")
+    page.click("#opt-probes input[value=induction]")    # (the basin preset ticked retrieval)
+    expect(page.locator("#opt-probes input[value=retrieval]")).to_be_checked()
     page.click("#analyze-btn")
     expect(page.locator("#cancel-btn")).to_be_enabled(timeout=30_000)
     expect(page.locator("#progress-msg")).not_to_be_empty(timeout=30_000)
     page.click("#cancel-btn")
     expect(page.locator("#progress-wrap")).to_be_hidden(timeout=30_000)
     assert run_info(page) == info
+    # a notice says so, and the panel shows the text of the result on screen again
+    expect(page.locator("#notice-box")).to_contain_text("cancelled; the previous result is shown")
+    expect(page.locator("#text-input")).to_have_value(shown_text)
+    # the next run starts from a clean progress line, not the cancelled run's last message
+    page.fill("#text-input", "\n\n".join([long_text] * 6))
+    page.click("#analyze-btn")
+    expect(page.locator("#progress-wrap")).to_be_visible(timeout=15_000)
+    first = page.locator("#progress-msg").inner_text()
+    assert not re.match(r"done|layer \d|loading|reductions", first), first
+    expect(page.locator("#notice-box")).to_be_empty()
+    page.click("#cancel-btn")
+    expect(page.locator("#progress-wrap")).to_be_hidden(timeout=30_000)
     page.fill("#model-path", "/nonexistent/model-folder")
     page.fill("#text-input", "Hello there.")
     page.click("#analyze-btn")
@@ -158,7 +178,13 @@ def test_generate_continuation(app_url, app_page):
     expect(page.locator("#gn-text .generated")).to_be_visible(timeout=ANALYSIS_S * 1000)
     drawn(page, "gn-map", ".hm image")
     expect(page.locator("#gn-table")).to_contain_text("generated token")
+    expect(page.locator("#gn-table")).not_to_contain_text("&lt;")
     assert "+8 generated" in run_info(page) or "generated" in run_info(page)
+    # the continuation is shown apart; the panel keeps the prompt until asked to take both
+    expect(page.locator("#gn-text")).to_contain_text("continuation")
+    expect(page.locator("#text-input")).to_have_value("The three primary colours are")
+    page.click("#gn-use")
+    expect(page.locator("#text-input")).to_have_value(re.compile(r"^The three primary colours are.+", re.S))
     shot(page, "generate")
 
 
@@ -177,4 +203,42 @@ def test_variant_comparison(app_url, app_page):
     drawn(page, "vr-maps", ".hm image")
     drawn(page, "vr-diff", ".hm image")
     drawn(page, "vr-bars", ".barlayer .point")
+    # the difference map shows the variant picked for it
+    page.click("#vr-diff-pick")
+    options = page.locator(".dash-dropdown-content .dash-dropdown-option")   # the open list (a popover)
+    expect(options).to_have_count(2)
+    second = options.nth(1).inner_text()
+    options.nth(1).click()
+    expect(page.locator("#vr-diff")).to_contain_text(second)
     shot(page, "variants")
+
+
+def test_lasting_links_rerun_or_say_why(app_url, app_page, monkeypatch):
+    """A link to an analysis this server never saw: with its request stored (an expired result), the
+    page shows progress of the re-run within 10 s and then the view; with nothing stored, a one-line
+    message within 10 s. Never only 'analysing...'."""
+    from .conftest import SERVER
+    page = app_page
+    unknown = "0123456789abcdef01234567"
+    page.goto(f"{app_url}/head?a={unknown}&model=smollm2-135m")
+    expect(page.locator("#notice-box")).to_contain_text("this link's analysis is not stored here; press Analyze "
+                                                        "to run it again", timeout=10_000)
+    expect(page.locator("#hd-summary")).to_contain_text("not stored here")
+    # the server's store holds the request (as after an analysis whose result expired) but no result
+    monkeypatch.setenv("ATTNVIS_CACHE_DIR", str(SERVER["log"].parent))
+    monkeypatch.setenv("ATTNVIS_APP_FULL_MAP_MAX", "160")          # the server's setting: same key
+    from visapp import service, state
+    state.reset()
+    try:
+        req = service.make_request(text="A link from last week: the cat sat on the mat, then the dog sat too.")
+        state.store().set(f"{req.key()}:req", req.to_dict(), timeout=0)
+        assert not service.is_cached(req.key())
+    finally:
+        state.reset()
+    page.goto(f"{app_url}/head?a={req.key()}&model=smollm2-135m&head=4.1")
+    expect(page.locator("#progress-wrap")).to_be_visible(timeout=10_000)
+    expect(page.locator("#progress-msg")).not_to_be_empty(timeout=10_000)
+    expect(page.locator("#hd-summary")).to_contain_text("head 4.1", timeout=ANALYSIS_S * 1000)
+    assert f"a={req.key()}" in page.url                              # the same link, now answered
+    drawn(page, "hd-map", ".hm image")
+    shot(page, "lasting-link")

@@ -1,7 +1,7 @@
 """Every exportable figure in one place: view -> its figures (parts) -> the view function that builds
 it and the table of numbers it shows.
 
-The builders here call the SAME view functions the app's callbacks call (visapp.views.*), with the
+The builders here call the SAME view functions the app's callbacks call (visapp.pages.*), with the
 same arguments, only with a paper template; nothing is re-drawn for export. Tables come from the
 built figure itself (generic extraction of its traces), or, where a figure's numbers live in its
 hover data or in edges, from the same result fields and service calls the view used.
@@ -11,22 +11,22 @@ generate; a view's other figures are its parts (`sinks` + part `rate`), the firs
 """
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import plotly.graph_objects as go
 
 from compute.errors import InputError
 
-from . import service as _service
-from .templates import SCREEN
-from .urlstate import METRICS, SCALES
-from .views import basin, entropy, generate, graphs, head, overview, sinks, variants
+from .. import service as _service
+from ..pages import basin, entropy, generate, graphs, head, overview, sinks, variants
+from ..pages.common import head_rows
+from ..templates import SCREEN
+from ..urlstate import METRICS, SCALES
+from .tables import Table, _heatmap_values, edge_table, figure_tables, heatmap_tables, py
 
 
 # ---------------------------------------------------------------- what a view's controls hold
@@ -46,6 +46,7 @@ class ViewSettings:
     head_threshold: float = 0.1          # head view token graph
     graph_threshold: float = 0.1         # graphs view token graph
     important: tuple[int, ...] = ()      # basin items marked important
+    diff_variant: str = ""               # variants view: the difference map's variant ('' = the first)
 
     def validate(self) -> "ViewSettings":
         if self.metric not in METRICS:
@@ -66,7 +67,7 @@ class ViewSettings:
         return {"head": f"{self.head[0]}.{self.head[1]}", "metric": self.metric, "size_by": self.size_by,
                 "colours": self.colours, "scale": self.scale, "pool": self.pool, "eps": self.eps,
                 "head_threshold": self.head_threshold, "graph_threshold": self.graph_threshold,
-                "important": list(self.important)}
+                "important": list(self.important), "diff_variant": self.diff_variant}
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Context:
     def rows(self):
         """(z, q0, k0) of the selected head, as the head and graphs views get them."""
         l, h = self.head
-        return head.head_rows(self.res, self.key, l, h, self.service, self.zoom)
+        return head_rows(self.res, self.key, l, h, self.service, self.zoom)
 
     @cached_property
     def full(self) -> Optional[np.ndarray]:
@@ -116,158 +117,6 @@ def make_context(key: str, settings: Optional[ViewSettings] = None, *, zoom: Opt
                          f"{res.n_heads} heads (0-based)")
     return Context(key=key, res=res, summ=service.summary(res), settings=s, service=service, zoom=zoom,
                    comparison=comparison)
-
-
-# ---------------------------------------------------------------- tables
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list]
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
-        for r in self.rows:
-            w.writerow(["" if v is None else (f"{v:.7g}" if isinstance(v, float) else v) for v in r])
-        return buf.getvalue()
-
-    def to_json(self) -> dict:
-        return {"columns": list(self.columns), "rows": [[_json_scalar(v) for v in r] for r in self.rows]}
-
-
-def _json_scalar(v):
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
-
-
-def py(v):
-    """numpy scalar / None / NaN -> plain Python (NaN -> None)."""
-    if v is None:
-        return None
-    if isinstance(v, (np.generic,)):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
-
-
-def _arr(v) -> Optional[np.ndarray]:
-    if v is None:
-        return None
-    a = np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v
-    return a
-
-
-def matrix_table(z, row_labels: Sequence, col_labels: Sequence, corner: str = "query \\ key") -> Table:
-    z = np.asarray(z, dtype=float)
-    return Table([corner] + [str(c) for c in col_labels],
-                 [[str(row_labels[i])] + [py(float(x)) for x in z[i]] for i in range(z.shape[0])])
-
-
-def _axis_title(fig: go.Figure, axis: str, default: str) -> str:
-    try:
-        t = fig.layout[axis].title.text
-    except (KeyError, AttributeError):
-        t = None
-    return t or default
-
-
-def _heatmap_values(tr) -> np.ndarray:
-    """The numbers a heatmap shows: its customdata when that holds the raw values (log-coloured maps
-    colour log10 a but carry a itself), else z."""
-    z = np.asarray(tr.z, dtype=float)
-    cd = tr.customdata
-    if cd is not None:
-        c = np.asarray(cd)
-        if c.shape == z.shape and c.dtype.kind in "fiu":
-            return c.astype(float)
-    return z
-
-
-def heatmap_tables(fig: go.Figure, names: Optional[Sequence[str]] = None, corner: str = "query \\ key",
-                   concat: bool = False) -> dict[str, Table]:
-    """One matrix table per heatmap trace (named by `names`, the trace name or its position), or one
-    table with the traces' columns side by side (concat: token 0 apart from the other keys)."""
-    hms = [tr for tr in fig.data if isinstance(tr, go.Heatmap)]
-    if not hms:
-        return {}
-    parts = []
-    for tr in hms:
-        z = _heatmap_values(tr)
-        ys = list(tr.y) if tr.y is not None else list(range(z.shape[0]))
-        xs = list(tr.x) if tr.x is not None else list(range(z.shape[1]))
-        parts.append((z, [py(v) for v in ys], [py(v) for v in xs]))
-    if concat and len(parts) > 1 and all(p[1] == parts[0][1] for p in parts):
-        z = np.concatenate([p[0] for p in parts], 1)
-        return {"matrix": matrix_table(z, parts[0][1], sum((p[2] for p in parts), []), corner)}
-    out = {}
-    for i, (z, ys, xs) in enumerate(parts):
-        name = (names[i] if names and i < len(names) else None) or hms[i].name or (
-            "matrix" if len(parts) == 1 else f"panel{i + 1}")
-        out[_safe(name)] = matrix_table(z, ys, xs, corner)
-    return out
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("_") or "table"
-
-
-def _plain_list(v) -> Optional[list]:
-    if v is None:
-        return None
-    return [py(x) for x in (v.tolist() if isinstance(v, np.ndarray) else list(v))]
-
-
-def trace_tables(fig: go.Figure) -> dict[str, Table]:
-    """Scatter/bar traces as one table: wide (x + one column per trace) when they share x, else long
-    (series, x, y). Legend-only traces, None-separated line segments and selection marks are left out."""
-    series = []
-    for i, tr in enumerate(fig.data):
-        if not isinstance(tr, (go.Scatter, go.Bar)):
-            continue
-        x, y = _plain_list(tr.x), _plain_list(tr.y)
-        if not x or not y or all(v is None for v in x) or None in x:
-            continue
-        if tr.hoverinfo == "skip":         # selection ring, legend entries, edges
-            continue
-        labels = None
-        cd = tr.customdata
-        if cd is not None and np.ndim(cd) == 1 and len(cd) == len(x) and all(isinstance(c, str) for c in cd):
-            labels = list(cd)
-        series.append((tr.name or f"series{i + 1}", x, y, labels))
-    if not series:
-        return {}
-    xt = _axis_title(fig, "xaxis", "x")
-    yt = _axis_title(fig, "yaxis", "y")
-    same_x = all(s[1] == series[0][1] for s in series)
-    if same_x:
-        labels = next((s[3] for s in series if s[3] is not None), None)
-        cols = [xt] + (["label"] if labels else []) + [s[0] for s in series]
-        rows = []
-        for j, xv in enumerate(series[0][1]):
-            rows.append([xv] + ([labels[j]] if labels else []) + [s[2][j] for s in series])
-        return {"data": Table(cols, rows)}
-    rows = []
-    for name, x, y, labels in series:
-        rows += [[name, xv, (labels[j] if labels else None), y[j]] for j, xv in enumerate(x)]
-    return {"data": Table(["series", xt, "label", yt], rows)}
-
-
-def figure_tables(fig: go.Figure) -> dict[str, Table]:
-    """Default: heatmaps as matrices, plus curves/bars."""
-    out = heatmap_tables(fig)
-    out.update(trace_tables(fig))
-    return out
-
-
-def edge_table(edges, tokens: Sequence[str], src: str = "query", dst: str = "key") -> Table:
-    from .figures import show_token
-    return Table([src, f"{src}_token", dst, f"{dst}_token", "weight"],
-                 [[int(a), show_token(tokens[int(a)]), int(b), show_token(tokens[int(b)]), py(w)]
-                  for a, b, w in edges])
 
 
 # ---------------------------------------------------------------- the registry
@@ -363,7 +212,7 @@ def _deps_tables(ctx, fig):
     dep = ctx.res.extras.get("dependency") or {}
     if z is None or not dep.get("available"):
         return {}
-    from .figures import show_token
+    from ..figures import show_token
     toks = ctx.res.tokens
     att = head.top1_edges(z, q0, k0, ctx.res.causal)
     rows = [["attention", int(a), show_token(toks[a]), int(b), show_token(toks[b]), py(w)] for a, b, w in att]
@@ -460,7 +309,8 @@ def _graph_tokens(ctx, t):
 
 # -- variants
 def _variants(i):
-    return lambda ctx, t: variants.render(ctx.res, ctx.comparison, ctx.head_map, ctx.head, template=t)[i]
+    return lambda ctx, t: variants.render(ctx.res, ctx.comparison, ctx.head_map, ctx.head, template=t,
+                                                   diff_variant=ctx.settings.diff_variant or None)[i]
 
 
 def _variants_missing(ctx):

@@ -1,25 +1,31 @@
 """Head overview (Dodrio's atlas): layers x heads glyphs, colour = metric, size = importance, symbol = role."""
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import numpy as np
-from dash import dcc, html
+from dash import Input, Output, callback, dcc, html
+from dash.exceptions import PreventUpdate
 
 from .. import ids
+from ..components import controls, graph, labelled, section, table
 from ..figures import empty_figure, head_grid
 from ..templates import SCREEN, SEQUENTIAL_SCALES
 from ..urlstate import METRICS
-from .common import controls, graph, labelled, section, table
+from .common import Analysis, on_analysis, query_state, select_head_on_click, selection
+
+EXPORT_CONTROLS = (("size_by", ids.OV_SIZE, "value"), ("colours", ids.OV_COLORS, "value"))
 
 
-def layout() -> html.Div:
+def layout(**query) -> html.Div:
+    st = query_state("overview", query)
     return html.Div([
         section("Head overview",
                 controls(
                     labelled("Colour by", dcc.Dropdown(id=ids.OV_METRIC, options=[{"label": v, "value": k}
                                                                                  for k, v in METRICS.items()],
-                                                       value="sink_metric", clearable=False, style={"width": "300px"})),
+                                                       value=st["metric"], clearable=False, style={"width": "300px"})),
                     labelled("Size by", dcc.RadioItems(id=ids.OV_SIZE, value="importance", inline=True,
                                                        options=[{"label": "importance", "value": "importance"},
                                                                 {"label": "constant", "value": "none"}])),
@@ -45,7 +51,7 @@ def metric_values(res, summ: dict, metric: str) -> tuple[Optional[np.ndarray], O
         scores = (roles.get("scores") or {}).get(role)
         if scores is None:
             why = (roles.get("unavailable") or {}).get(role) or ("head roles not computed" if not roles else "not computed")
-            return None, why
+            return None, ui_words(why)
         return np.asarray(scores, float), None
     if metric == "importance":
         imp = ex.get("importance") or {}
@@ -53,6 +59,15 @@ def metric_values(res, summ: dict, metric: str) -> tuple[Optional[np.ndarray], O
             return None, imp.get("reason") or "tick 'importance' under options and analyse again"
         return np.asarray(imp["importance"], float), None
     return None, "unknown metric"
+
+
+_CLI_PROBE = re.compile(r"--probes\s+([a-z_]+)")
+
+
+def ui_words(message: str) -> str:
+    """A compute message that names a CLI flag, reworded to name the input panel's control."""
+    return _CLI_PROBE.sub(lambda m: f"tick '{m.group(1)}' under Options → Probes (head roles) and analyse again",
+                          message).replace("--importance", "Options → head importance")
 
 
 def role_labels(res) -> Optional[list]:
@@ -102,3 +117,23 @@ def render_side(res, summ: dict, sel: tuple[int, int]) -> list:
     if counts:
         out += [html.H5("Heads per role"), table(["role", "heads"], sorted(counts.items(), key=lambda kv: -kv[1]))]
     return out
+
+
+# ---------------------------------------------------------------- callbacks
+
+@callback(Output(ids.OV_GRAPH, "figure"), Output(ids.OV_SIDE, "children"),
+          Input(ids.STATE, "data"), Input(ids.OV_SIZE, "value"), Input(ids.OV_COLORS, "value"))
+@on_analysis("overview", lambda msg: (empty_figure(msg, height=400), ""))
+def render_overview(a: Analysis, size_by, colours):
+    return (render_grid(a.res, a.summ, a.state["metric"], size_by or "importance", colours or "Viridis", a.head),
+            render_side(a.res, a.summ, a.head))
+
+
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.OV_METRIC, "value"), prevent_initial_call=True)
+def select_metric(metric):
+    if metric not in METRICS:
+        raise PreventUpdate
+    return selection(metric=metric)
+
+
+select_head_on_click(ids.OV_GRAPH)

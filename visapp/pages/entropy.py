@@ -4,15 +4,18 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from dash import html
+from dash import Input, Output, callback, html
 
 from .. import ids
-from ..figures import layer_head_map, query_profile
+from ..components import graph, notice, section
+from ..figures import empty_figure, layer_head_map, query_profile
 from ..templates import SCREEN, SEQUENTIAL
-from .common import graph, notice, section
+from .common import Analysis, on_analysis, select_head_on_click
+
+EXPORT_CONTROLS = ()
 
 
-def layout() -> html.Div:
+def layout(**query) -> html.Div:
     return html.Div([
         html.Div([section("Normalised entropy per head", graph(ids.EN_MAP, 560),
                           help_text="Mean over queries of H_i / log(visible keys): 0 = all mass on one key, "
@@ -49,3 +52,15 @@ def render(res, summ: dict, selected, template: str = SCREEN):
         html.P(", ".join(heads[:120]) + (" …" if len(heads) > 120 else ""), className="mono"),
     ])
     return f_map, f_prof, flags
+
+
+# ---------------------------------------------------------------- callbacks
+
+@callback(Output(ids.EN_MAP, "figure"), Output(ids.EN_PROFILE, "figure"), Output(ids.EN_FLAGS, "children"),
+          Input(ids.STATE, "data"))
+@on_analysis("entropy", lambda msg: (empty_figure(msg), empty_figure(msg), ""))
+def render_entropy(a: Analysis):
+    return render(a.res, a.summ, a.head)
+
+
+select_head_on_click(ids.EN_MAP)

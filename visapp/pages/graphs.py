@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import numpy as np
-from dash import dcc, html
+from dash import Input, Output, callback, html
 
-from .. import ids
+from .. import ids, service
+from ..components import edge_threshold, graph, section
 from ..figures import arc_diagram, empty_figure, head_similarity_graph
 from ..templates import SCREEN
-from .common import edge_threshold, graph, section
+from .common import Analysis, head_rows, on_analysis, select_head_on_click
+
+EXPORT_CONTROLS = (("graph_threshold", ids.GR_THRESHOLD, "value"), ("zoom", ids.ZOOM, "data"))
 
 
-def layout() -> html.Div:
+def layout(**query) -> html.Div:
     return html.Div([
         section("Head-similarity graph", html.Div(id=ids.GR_INFO), graph(ids.GR_HEADS, 600),
                 help_text="Each head is linked to its nearest heads by Jensen-Shannon distance between their "
@@ -55,3 +58,19 @@ def render_tokens(res, rows, summ: dict, selected, threshold: float, service, te
                        node_values=recv, node_label="received (sum)",
                        node_cmax=float(recv[1:].max()) if len(recv) > 1 else None,
                        title=f"layer {l} head {h}: {len(edges)} edges", template=template, height=400)
+
+
+# ---------------------------------------------------------------- callbacks
+
+@callback(Output(ids.GR_HEADS, "figure"), Output(ids.GR_INFO, "children"), Output(ids.GR_TOKENS, "figure"),
+          Input(ids.STATE, "data"), Input(ids.GR_THRESHOLD, "value"), Input(ids.ZOOM, "data"))
+@on_analysis("graphs", lambda msg: (empty_figure(msg), "", empty_figure(msg)))
+def render_graphs(a: Analysis, threshold, zoom_store):
+    sel = a.head
+    fig, info = render_heads(a.res, sel)
+    zoom = service.get_zoom(zoom_store.get("zk")) if zoom_store else None
+    rows = head_rows(a.res, a.key, sel[0], sel[1], service, zoom)
+    return fig, info, render_tokens(a.res, rows, a.summ, sel, float(threshold or 0.1), service)
+
+
+select_head_on_click(ids.GR_HEADS)

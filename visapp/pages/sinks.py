@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import numpy as np
-from dash import dcc, html
+from dash import Input, Output, callback, dcc, html
 
-from .. import ids
-from ..figures import empty_figure, layer_curves, layer_head_map, show_token, threshold_curve
+from .. import ids, service
+from ..components import controls, graph, labelled, notice, plain_token, section, table
+from ..figures import empty_figure, layer_curves, layer_head_map, threshold_curve
 from ..templates import SCREEN
-from .common import controls, graph, labelled, notice, section, table
+from .common import Analysis, on_analysis, select_head_on_click
 
 EPS_GRID = np.linspace(0, 1, 101)
+EXPORT_CONTROLS = (("eps", ids.SK_EPS, "value"),)
 
 
-def layout() -> html.Div:
+def layout(**query) -> html.Div:
     return html.Div([
         section("Sinks", controls(labelled("eps (sink rate)", dcc.Slider(
             id=ids.SK_EPS, min=0.05, max=0.95, step=0.05, value=0.3, marks={0.1: "0.1", 0.3: "0.3", 0.5: "0.5",
@@ -43,7 +45,7 @@ def render(res, summ: dict, eps: float, selected, service, template: str = SCREE
                            flags=sm > eps, flag_name=f"> {eps:g}")
     if not sk:
         return f_layers, f_rate, f_map, notice("hidden sinks: not available yet (analysis sections missing)")
-    rows = [(r["index"], show_token(r["token"]), r["n_heads"], f"{100 * r['frac_heads']:.1f}%",
+    rows = [(r["index"], plain_token(r["token"]), r["n_heads"], f"{100 * r['frac_heads']:.1f}%",
              r["mean_received"], r["max_received"], ", ".join(r["heads"][:8]) + (" …" if len(r["heads"]) > 8 else ""))
             for r in sk.get("hidden_sinks", [])[:40]]
     if not rows:
@@ -55,6 +57,18 @@ def render(res, summ: dict, eps: float, selected, service, template: str = SCREE
     return f_layers, f_rate, f_map, tbl
 
 
-def empty(template: str = SCREEN):
-    e = empty_figure("no analysis yet", template)
+def empty(message: str = "no analysis yet", template: str = SCREEN):
+    e = empty_figure(message, template)
     return e, e, e, ""
+
+
+# ---------------------------------------------------------------- callbacks
+
+@callback(Output(ids.SK_LAYERS, "figure"), Output(ids.SK_RATE, "figure"), Output(ids.SK_MAP, "figure"),
+          Output(ids.SK_TABLE, "children"), Input(ids.STATE, "data"), Input(ids.SK_EPS, "value"))
+@on_analysis("sinks", empty)
+def render_sinks(a: Analysis, eps):
+    return render(a.res, a.summ, float(eps or 0.3), a.head, service)
+
+
+select_head_on_click(ids.SK_MAP)

@@ -5,25 +5,46 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from dash import dcc, html
+from dash import Input, Output, State, callback, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 
-from .. import ids
+from compute.errors import UserError
+
+from .. import ids, service, urlstate
+from ..components import controls, edge_threshold, graph, labelled, section
 from ..figures import (arc_diagram, attention_heatmap, empty_figure, pooled_heatmap, query_profile,
-                       received_bars, token_labels)
+                       received_bars, token_labels, zoom_window)
+from ..state import background_manager
 from ..templates import SCREEN
-from .common import controls, edge_threshold, graph, labelled, section
+from .common import Analysis, current, head_rows, on_analysis, query_state, selection
+
+EXPORT_CONTROLS = (("pool", ids.HD_POOL, "value"), ("head_threshold", ids.HD_THRESHOLD, "value"),
+                   ("zoom", ids.ZOOM, "data"))
 
 
-def layout() -> html.Div:
+def _head_options(state: dict) -> tuple[list, list]:
+    """Layer and head choices: the model's range once its analysis is cached, else the URL's head."""
+    a = current(state)
+    l, h = urlstate.head_of(a.state if a else state)
+    L, H = (a.res.n_layers, a.res.n_heads) if a else (l + 1, h + 1)
+    return ([{"label": str(i), "value": i} for i in range(L)] if a else [{"label": str(l), "value": l}],
+            [{"label": str(i), "value": i} for i in range(H)] if a else [{"label": str(h), "value": h}])
+
+
+def layout(**query) -> html.Div:
+    st = query_state("head", query)
+    a = current(st)
+    l, h = urlstate.head_of(a.state if a else st)
+    opts_l, opts_h = _head_options(st)
     return html.Div([
         section("Head detail",
                 controls(
-                    labelled("Layer", dcc.Dropdown(id=ids.HD_LAYER, options=[], value=0, clearable=False,
+                    labelled("Layer", dcc.Dropdown(id=ids.HD_LAYER, options=opts_l, value=l, clearable=False,
                                                    style={"width": "90px"})),
-                    labelled("Head", dcc.Dropdown(id=ids.HD_HEAD, options=[], value=0, clearable=False,
+                    labelled("Head", dcc.Dropdown(id=ids.HD_HEAD, options=opts_h, value=h, clearable=False,
                                                   style={"width": "90px"})),
                     labelled("Colour scale", dcc.RadioItems(
-                        id=ids.HD_SCALE, value="log", inline=True,
+                        id=ids.HD_SCALE, value=st["scale"], inline=True,
                         options=[{"label": "log (sink-aware)", "value": "log"},
                                  {"label": "token 0 apart", "value": "split"},
                                  {"label": "linear", "value": "linear"}])),
@@ -47,16 +68,6 @@ def layout() -> html.Div:
                 help_text="Above: each query's strongest key (token 0 left out). Below: the spaCy dependency "
                           "parse, each word at its first token (Dodrio's dependency view)."),
     ], id=ids.view("head"), className="view")
-
-
-def head_rows(res, key: str, l: int, h: int, service, zoom: Optional[dict]):
-    """(z, q0, k0) of the attention rows available without a job: the full map, or a zoomed block."""
-    full = service.head_map(key, l, h)
-    if full is not None:
-        return full, 0, 0
-    if zoom and zoom.get("head") == [l, h] and zoom.get("z") is not None:
-        return zoom["z"], zoom["q0"], zoom["k0"]
-    return None, 0, 0
 
 
 def render_map(res, full: Optional[np.ndarray], l: int, h: int, scale: str, pool_stat: str,
@@ -155,3 +166,102 @@ def render_summary(res, summ: dict, l: int, h: int) -> str:
     return (f"head {l}.{h} · role {role} · sink mass {float(summ['sink_metric'][l, h]):.3f} · "
             f"normalised entropy {float(summ['entropy_norm_mean'][l, h]):.3f} · previous-token "
             f"{float(summ['prev_token_mean'][l, h]):.3f}")
+
+
+# ---------------------------------------------------------------- callbacks
+
+def _zoom(zoom_store) -> Optional[dict]:
+    return service.get_zoom(zoom_store.get("zk")) if zoom_store else None
+
+
+def _placeholder(msg: str):
+    e = empty_figure(msg)
+    return e, empty_figure("", height=10), {"display": "none"}, "", e, e, e, msg
+
+
+@callback(Output(ids.HD_MAP, "figure"), Output(ids.HD_ZOOM, "figure"), Output(ids.HD_ZOOM, "style"),
+          Output(ids.HD_NOTE, "children"), Output(ids.HD_ENTROPY, "figure"), Output(ids.HD_RECEIVED, "figure"),
+          Output(ids.HD_DEPS, "figure"), Output(ids.HD_SUMMARY, "children"),
+          Input(ids.STATE, "data"), Input(ids.HD_POOL, "value"), Input(ids.ZOOM, "data"))
+@on_analysis("head", _placeholder)
+def render_head(a: Analysis, pool_stat, zoom_store):
+    res, summ, (l, h) = a.res, a.summ, a.head
+    zoom = _zoom(zoom_store)
+    rows = head_rows(res, a.key, l, h, service, zoom)
+    full = rows[0] if rows[0] is not None and rows[1:] == (0, 0) and rows[0].shape == (res.n_tokens,) * 2 else None
+    fig, note = render_map(res, full, l, h, a.state["scale"], pool_stat or "max")
+    zfig = render_zoom(res, zoom, l, h, a.state["scale"])
+    zstyle = {"display": "block"} if zoom and zoom.get("head") == [l, h] else {"display": "none"}
+    return (fig, zfig, zstyle, html.P(note, className="help") if note else "",
+            render_entropy(res, summ, l, h), render_received(res, summ, l, h),
+            render_deps(res, rows, l, h), render_summary(res, summ, l, h))
+
+
+@callback(Output(ids.HD_GRAPH, "figure"), Input(ids.STATE, "data"), Input(ids.HD_THRESHOLD, "value"),
+          Input(ids.ZOOM, "data"))
+@on_analysis("head", lambda msg: empty_figure(msg))
+def render_head_graph(a: Analysis, threshold, zoom_store):
+    l, h = a.head
+    rows = head_rows(a.res, a.key, l, h, service, _zoom(zoom_store))
+    return render_token_graph(a.res, rows, l, h, float(threshold or 0.1), service)
+
+
+@callback(Output(ids.HD_LAYER, "options"), Output(ids.HD_HEAD, "options"), Input(ids.STATE, "data"))
+def head_options(state):
+    """The dropdowns' ranges follow the analysis (their values follow the user, see select_head)."""
+    if not state:
+        raise PreventUpdate
+    return _head_options(state)
+
+
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_LAYER, "value"), Input(ids.HD_HEAD, "value"),
+          prevent_initial_call=True)
+def select_head(layer, head_):
+    if layer is None or head_ is None:
+        raise PreventUpdate
+    return selection(head=f"{int(layer)}.{int(head_)}")
+
+
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_SCALE, "value"), prevent_initial_call=True)
+def select_scale(scale):
+    if scale not in urlstate.SCALES:
+        raise PreventUpdate
+    return selection(scale=scale)
+
+
+@callback(Output(ids.ZOOM_REQ, "data"), Input(ids.HD_MAP, "clickData"), State(ids.STATE, "data"),
+          prevent_initial_call=True)
+def zoom_request(click, state):
+    """A click on a pooled map asks for that region at full resolution (long texts only)."""
+    a = current(state)
+    if not a or not click or not click.get("points"):
+        raise PreventUpdate
+    res = a.res
+    if res.extras.get("has_full_maps"):
+        raise PreventUpdate
+    p = click["points"][0]
+    try:
+        cq, ck = int(round(float(p["y"]))), int(round(float(p["x"])))
+    except (KeyError, TypeError, ValueError):
+        raise PreventUpdate
+    l, h = a.head
+    q0, q1, k0, k1 = zoom_window(cq, ck, res.n_tokens, service.zoom_span(res.n_tokens), res.causal)
+    return {"a": a.key, "head": [l, h], "q0": q0, "q1": q1, "k0": k0, "k1": k1}
+
+
+def zoom_job(set_progress, req):
+    if not req:
+        return no_update
+    try:
+        service.job_setup()
+        set_progress("loading the region at full resolution…")
+        l, h = req["head"]
+        zk = service.compute_zoom(req["a"], l, h, req["q0"], req["q1"], req["k0"], req["k1"])
+        return {"zk": zk, "head": [l, h]}
+    except UserError as exc:
+        set_progress(f"zoom failed: {exc}")
+        return no_update
+
+
+callback(Output(ids.ZOOM_JOB, "data"), Input(ids.ZOOM_REQ, "data"), background=True, manager=background_manager(),
+         interval=400, prevent_initial_call=True, progress=[Output(ids.HD_NOTE, "children")])(zoom_job)

@@ -1,115 +1,26 @@
-"""Paper-ready export: the app's figures restyled for a two-column paper and rendered server-side
-with kaleido (system Chromium), their numbers as CSV/JSON, and a caption with provenance.
-
-    python -m visapp.export --model smollm2-135m --text-file t.txt --figure head:3.4 --format pdf --out f.pdf
-
-Pipeline (app and CLI alike): figure_registry builds the view's figure with the paper template (the
-same view function the app calls) -> paper_figure() fixes size, fonts, line widths and labels ->
-render() turns it into SVG/PDF/PNG bytes.
-
-Rendering notes (dash-ecosystem.md section 4):
-  * kaleido drives a headless Chromium; the browser is found via BROWSER_PATH or `chromium` on PATH
-    (never downloaded). One browser per process, started lazily on the first export (so after a
-    gunicorn fork), and every render holds EXPORT_LOCK: kaleido's shared server is not thread-safe.
-  * kaleido's MathJax comes from a CDN, so it is switched off; TeX in labels ($a_{ij}$) is turned into
-    plotly's own <sub>/<sup>/<i> markup (tex_to_html), which renders offline and stays text in SVG/PDF.
-  * Size: kaleido works in CSS pixels (96 per inch; a PDF point is 0.75 px), so 3.3 in = 316.8 px; PNG
-    scale = dpi / 96, so the PNG is exactly width x dpi pixels wide (and carries a pHYs DPI chunk).
-"""
+"""Rendering: the paper restyle of an app figure (sizes, fonts, a_ij labels) and kaleido (system
+Chromium) turning it into SVG/PDF/PNG bytes; see the package docstring for the rendering notes."""
 from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
 import io
-import json
 import logging
 import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 import threading
-import zipfile
 import zlib
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from functools import lru_cache
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import plotly.graph_objects as go
 
-from compute.errors import InputError, UserError
 
-from . import figure_registry as reg
-from .templates import PAPER_FONTS, PAPER_WIDTH_IN, PX_PER_PT, paper_template
+from ..templates import PAPER_FONTS, paper_template
+from .options import CSS_PX_PER_IN, RENDER_TIMEOUT_S, LOCK_TIMEOUT_S, SELECTION_COLOUR, ExportError, ExportOptions
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("svg", "pdf", "png")
-DATA_FORMATS = ("csv", "json")
-WIDTHS = tuple(PAPER_WIDTH_IN)               # single (3.3 in), double (6.9 in)
-FONTS = tuple(PAPER_FONTS)                   # serif, sans
-CSS_PX_PER_IN = 96.0
-SIZE_PT_RANGE = (7.0, 10.0)
-DPI_RANGE = (72, 1200)
-SELECTION_COLOUR = "#d00"                    # the app's selected-head marks (UI state, not data)
-RENDER_TIMEOUT_S = 90.0
-LOCK_TIMEOUT_S = 120.0
-
-
-class ExportError(UserError):
-    """The figure could not be rendered (no browser, render failure, busy)."""
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    fmt: str = "pdf"
-    width: str = "single"
-    dpi: int = 300
-    font: str = "serif"
-    size_pt: float = 8.0
-    height_in: Optional[float] = None        # None: the figure's own aspect ratio
-    title: bool = False                      # in-figure title (papers put it in the caption)
-    highlight: bool = False                  # keep the app's selected-head marks
-
-    def validate(self) -> "ExportOptions":
-        if self.fmt not in FORMATS:
-            raise InputError(f"format must be one of {', '.join(FORMATS)}")
-        if self.width not in WIDTHS:
-            raise InputError(f"width must be one of {', '.join(WIDTHS)}")
-        if self.font not in FONTS:
-            raise InputError(f"font must be one of {', '.join(FONTS)}")
-        try:
-            dpi = int(self.dpi)
-        except (TypeError, ValueError):
-            raise InputError("dpi must be a whole number") from None
-        if not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
-            raise InputError(f"dpi must be between {DPI_RANGE[0]} and {DPI_RANGE[1]}")
-        if not SIZE_PT_RANGE[0] <= float(self.size_pt) <= SIZE_PT_RANGE[1]:
-            raise InputError(f"font size must be between {SIZE_PT_RANGE[0]:g} and {SIZE_PT_RANGE[1]:g} pt")
-        if self.height_in is not None and not 0.5 <= float(self.height_in) <= 12:
-            raise InputError("height must be between 0.5 and 12 inches")
-        return self
-
-    @property
-    def width_in(self) -> float:
-        return PAPER_WIDTH_IN[self.width]
-
-    @property
-    def width_px(self) -> float:
-        # rounded so that width x dpi/96 is exactly width_in x dpi (3.3 * 96 is 316.79999...)
-        return round(self.width_in * CSS_PX_PER_IN, 6)
-
-    @property
-    def font_px(self) -> float:
-        return float(self.size_pt) * PX_PER_PT
-
-    def png_size(self, height_px: float) -> tuple[int, int]:
-        s = int(self.dpi) / CSS_PX_PER_IN
-        return int(round(self.width_px * s)), int(round(height_px * s))
 
 
 # ---------------------------------------------------------------- math in labels
@@ -488,8 +399,25 @@ def _svg_in_inches(svg: bytes, w_in: float, h_in: float) -> bytes:
     return (text[:m.start()] + new + text[m.end():]).encode("utf-8")
 
 
-def render(fig: go.Figure, opts: ExportOptions) -> bytes:
-    """Bytes of a paper figure (already restyled) in opts.fmt; one render at a time per process."""
+def plain_title(text: Optional[str]) -> str:
+    """A plotly title as plain text (markup tags dropped, entities decoded) for file metadata."""
+    import html
+    return " ".join(html.unescape(re.sub(r"<[^>]*>", " ", text or "")).split())
+
+
+def _pdf_with_title(pdf: bytes, title: str) -> bytes:
+    """The PDF with its document title set (Chromium writes its page title, kaleido's 'Kaleido-fier')."""
+    from pypdf import PdfReader, PdfWriter
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    writer.add_metadata({"/Title": title})
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
+
+
+def render(fig: go.Figure, opts: ExportOptions, title: Optional[str] = None) -> bytes:
+    """Bytes of a paper figure (already restyled) in opts.fmt; one render at a time per process.
+    `title`: the PDF's document title (default: the figure's title, else 'attnvis figure')."""
     opts.validate()
     w, h = float(fig.layout.width), float(fig.layout.height)
     fig_dict = _convert_text(fig.to_plotly_json())
@@ -504,271 +432,4 @@ def render(fig: go.Figure, opts: ExportOptions) -> bytes:
         return _png_with_dpi(out, int(opts.dpi))
     if opts.fmt == "svg":
         return _svg_in_inches(out, w / CSS_PX_PER_IN, h / CSS_PX_PER_IN)
-    return out
-
-
-# ---------------------------------------------------------------- provenance
-
-@lru_cache(maxsize=1)
-def _static_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "numpy", "plotly", "kaleido", "choreographer", "dash"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        out["attnvis_commit"] = (commit + ("+dirty" if dirty else "")) or None
-    except (OSError, subprocess.SubprocessError):
-        out["attnvis_commit"] = None
-    try:
-        v = subprocess.run([browser_path(), "--version"], capture_output=True, text=True, timeout=20).stdout
-        out["chromium"] = (re.findall(r"[Cc]hrom\w*\s+([\d.]+)", v) or [v.strip()[-40:] or None])[-1]
-    except (OSError, subprocess.SubprocessError, UserError):
-        out["chromium"] = None
-    return out
-
-
-def software_versions() -> dict:
-    return dict(_static_versions())
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def reproduce_command(figure: str, req, settings: reg.ViewSettings, opts: ExportOptions, *,
-                      text_file: str = "text.txt", out: Optional[str] = None, variants: Sequence[str] = (),
-                      variant_layers: Optional[Sequence[int]] = None) -> list[str]:
-    """The `python -m visapp.export` argument list that re-renders this figure (flags of export_cli)."""
-    d = reg.ViewSettings()
-    view, _, part = figure.partition("/")
-    name = f"head:{settings.head[0]}.{settings.head[1]}" if view == "head" else view
-    args = ["python", "-m", "visapp.export", "--model", req.model, "--text-file", text_file, "--figure", name]
-    if part and part != reg.spec(view).part:
-        args += ["--part", part]
-    if view != "head" and settings.head != d.head:
-        args += ["--head", f"{settings.head[0]}.{settings.head[1]}"]
-    args += ["--format", opts.fmt, "--width", opts.width, "--font", opts.font, "--size", f"{float(opts.size_pt):g}"]
-    if opts.fmt == "png":
-        args += ["--dpi", str(int(opts.dpi))]
-    if opts.height_in:
-        args += ["--height", f"{float(opts.height_in):g}"]
-    if opts.title:
-        args.append("--title")
-    if opts.highlight:
-        args.append("--highlight")
-    for flag, attr in (("--metric", "metric"), ("--size-by", "size_by"), ("--colours", "colours"),
-                       ("--scale", "scale"), ("--pool", "pool"), ("--eps", "eps"),
-                       ("--threshold", "head_threshold"), ("--graph-threshold", "graph_threshold")):
-        v = getattr(settings, attr)
-        if v != getattr(d, attr):
-            args += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
-    if settings.important:
-        args += ["--important", ",".join(str(i) for i in settings.important)]
-    from .service import Request
-    r0 = Request()
-    for flag, attr in (("--backend", "backend"), ("--max-tokens", "max_tokens"), ("--sink-tokens", "sink_tokens"),
-                       ("--items", "items"), ("--generate", "generate")):
-        v = getattr(req, attr)
-        if v != getattr(r0, attr):
-            args += [flag, str(v)]
-    if req.probes:
-        args += ["--probes", ",".join(req.probes)]
-    if req.importance:
-        args.append("--importance")
-    if variants:
-        args += ["--variants", ",".join(variants)]
-    if variant_layers:
-        args += ["--variant-layers", ",".join(str(l) for l in variant_layers)]
-    if out:
-        args += ["--out", out]
-    return args
-
-
-def provenance(ctx: reg.Context, sp: reg.FigureSpec, opts: ExportOptions, fig: Optional[go.Figure] = None,
-               command: Optional[list[str]] = None) -> dict:
-    """Everything needed to reproduce one figure: model, text hash, analysis and view settings, export
-    options, software versions, and the CLI command."""
-    from .service import get_request
-    res = ctx.res
-    req = get_request(ctx.key)
-    cmp = ctx.comparison
-    prov = {
-        "figure": sp.name, "label": sp.label, "caption": sp.caption(ctx),
-        "screen_title": (fig.layout.title.text if fig is not None else None) or None,
-        "model": res.model,
-        "model_info": {"kind": res.model_kind, "causal": bool(res.causal), "n_layers": res.n_layers,
-                       "n_heads": res.n_heads, "n_kv_heads": res.n_kv_heads},
-        "text_sha256": text_sha256(res.text), "n_tokens": res.n_tokens, "n_chars": len(res.text),
-        "analysis": {"key": ctx.key, "backend": res.backend, "options": _jsonable(res.options),
-                     "request": {k: v for k, v in (req.to_dict() if req else {}).items() if k != "text"}},
-        "view": ctx.settings.public(),
-        "variants": ({"specs": list(cmp.specs), "layers": cmp.layers} if cmp is not None else None),
-        "export": {**asdict(opts), "width_in": opts.width_in},
-        "software": software_versions(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if command is None and req is not None:
-        command = reproduce_command(sp.name, req, ctx.settings, opts,
-                                    variants=list(cmp.specs) if cmp is not None else (),
-                                    variant_layers=cmp.layers if cmp is not None else None)
-    prov["reproduce"] = " ".join(_shell_quote(a) for a in command) if command else None
-    return prov
-
-
-def _shell_quote(a: str) -> str:
-    import shlex
-    return shlex.quote(str(a))
-
-
-def _jsonable(o):
-    return json.loads(json.dumps(o, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
-
-
-def caption_text(prov: dict) -> str:
-    """A human-readable caption file (the JSON sidecar holds the same facts)."""
-    sw = prov["software"]
-    ex = prov["export"]
-    lines = [
-        f"Figure: {prov['figure']} ({prov['label']})",
-        f"Caption: {prov['caption']}",
-        f"Model: {prov['model']} ({prov['model_info']['n_layers']} layers x {prov['model_info']['n_heads']} heads, "
-        f"{prov['model_info']['kind']})",
-        f"Text: sha256 {prov['text_sha256']}, {prov['n_tokens']} tokens, {prov['n_chars']} characters",
-        f"Analysis: {json.dumps(prov['analysis']['request'], sort_keys=True)} (backend {prov['analysis']['backend']}, "
-        f"key {prov['analysis']['key']})",
-        f"View settings: {json.dumps(prov['view'], sort_keys=True)}",
-    ]
-    if prov.get("variants"):
-        lines.append(f"Variants: {json.dumps(prov['variants'])}")
-    lines += [
-        f"Export: {ex['fmt']}, {ex['width']} column ({ex['width_in']} in), {ex['font']} {ex['size_pt']:g} pt"
-        + (f", {ex['dpi']} dpi" if ex["fmt"] == "png" else ""),
-        "Software: " + ", ".join(f"{k} {v}" for k, v in sw.items() if v),
-        f"Reproduce: {prov['reproduce']}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- exporting one figure / its data
-
-@dataclass
-class Exported:
-    name: str                  # 'head/map'
-    fig: go.Figure             # the paper figure
-    content: bytes
-    tables: dict
-    provenance: dict
-
-
-def figure_of(ctx: reg.Context, sp: reg.FigureSpec, opts: ExportOptions) -> tuple[go.Figure, go.Figure]:
-    """(the view's figure built with the paper template, the restyled paper figure)."""
-    opts.validate()
-    why = sp.unavailable(ctx)
-    if why:
-        raise InputError(f"{sp.name}: not available ({why})")
-    raw = reg.build(sp, ctx, paper_template_name(opts.font, float(opts.size_pt)))
-    return raw, paper_figure(raw, opts, sp.aspect_for(ctx, opts.width))
-
-
-def export_figure(ctx: reg.Context, sp: reg.FigureSpec, opts: ExportOptions,
-                  command: Optional[list[str]] = None) -> Exported:
-    raw, fig = figure_of(ctx, sp, opts)
-    content = render(fig, opts)
-    return Exported(sp.name, fig, content, sp.tables(ctx, raw), provenance(ctx, sp, opts, raw, command))
-
-
-def tables_of(ctx: reg.Context, sp: reg.FigureSpec) -> dict:
-    why = sp.unavailable(ctx)
-    if why:
-        raise InputError(f"{sp.name}: not available ({why})")
-    return sp.tables(ctx, reg.build(sp, ctx))
-
-
-def data_bytes(tables: dict, fmt: str, prov: Optional[dict] = None) -> tuple[bytes, str]:
-    """(content, file extension): JSON with every table (+ provenance); CSV for one table, or a zip of
-    CSVs when the figure has several (a graph's nodes and edges)."""
-    if fmt not in DATA_FORMATS:
-        raise InputError(f"data format must be one of {', '.join(DATA_FORMATS)}")
-    if not tables:
-        raise InputError("this figure has no data table")
-    if fmt == "json":
-        doc = {"tables": {k: t.to_json() for k, t in tables.items()}}
-        if prov is not None:
-            doc["provenance"] = prov
-        return json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8"), "json"
-    if len(tables) == 1:
-        return next(iter(tables.values())).to_csv().encode("utf-8"), "csv"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for k, t in tables.items():
-            z.writestr(f"{k}.csv", t.to_csv())
-    return buf.getvalue(), "zip"
-
-
-def file_stem(ctx: reg.Context, sp: reg.FigureSpec) -> str:
-    base = f"{ctx.res.model}_{sp.view}"
-    if sp.view in ("head", "variants", "generate") or (sp.view, sp.part) in (("graphs", "tokens"),
-                                                                              ("entropy", "profile")):
-        base += f"-L{ctx.head[0]}H{ctx.head[1]}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{base}_{sp.part}")
-
-
-def write_bundle(ctx: reg.Context, out_dir: str | Path, opts: ExportOptions, formats: Sequence[str] = ("pdf",),
-                 text_name: str = "text.txt", variants: Sequence[str] = (),
-                 variant_layers: Optional[Sequence[int]] = None, progress=None) -> dict:
-    """Every available figure of every view in `formats`, its data (CSV and JSON) and caption files,
-    the text itself and an index (bundle.json). Returns the index."""
-    from .service import get_request
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / text_name).write_text(ctx.res.text, encoding="utf-8")
-    req = get_request(ctx.key)
-    index = {"model": ctx.res.model, "text_sha256": text_sha256(ctx.res.text), "text_file": text_name,
-             "figures": {}, "skipped": {}, "software": software_versions()}
-    todo = reg.all_specs()
-    for i, sp in enumerate(todo):
-        why = sp.unavailable(ctx)
-        if why:
-            index["skipped"][sp.name] = why
-            continue
-        if progress:
-            progress(i / len(todo), sp.name)
-        stem = file_stem(ctx, sp)
-        files = []
-        raw = None
-        for fmt in formats:
-            o = ExportOptions(**{**asdict(opts), "fmt": fmt})
-            raw, fig = figure_of(ctx, sp, o)
-            (out / f"{stem}.{fmt}").write_bytes(render(fig, o))
-            files.append(f"{stem}.{fmt}")
-        cmd = reproduce_command(sp.name, req, ctx.settings, ExportOptions(**{**asdict(opts), "fmt": formats[0]}),
-                                text_file=text_name, out=f"{stem}.{formats[0]}", variants=variants,
-                                variant_layers=variant_layers) if req is not None else None
-        prov = provenance(ctx, sp, ExportOptions(**{**asdict(opts), "fmt": formats[0]}), raw, cmd)
-        tables = sp.tables(ctx, raw)
-        if tables:
-            for fmt in DATA_FORMATS:
-                content, ext = data_bytes(tables, fmt, prov if fmt == "json" else None)
-                (out / f"{stem}.data.{ext}").write_bytes(content)
-                files.append(f"{stem}.data.{ext}")
-        (out / f"{stem}.caption.json").write_text(json.dumps(prov, indent=1, ensure_ascii=False), encoding="utf-8")
-        (out / f"{stem}.caption.txt").write_text(caption_text(prov), encoding="utf-8")
-        files += [f"{stem}.caption.json", f"{stem}.caption.txt"]
-        index["figures"][sp.name] = files
-    (out / "bundle.json").write_text(json.dumps(index, indent=1, ensure_ascii=False), encoding="utf-8")
-    return index
-
-
-if __name__ == "__main__":          # python -m visapp.export ...
-    from .export_cli import main
-    sys.exit(main())
+    return _pdf_with_title(out, plain_title(title or fig.layout.title.text) or "attnvis figure")

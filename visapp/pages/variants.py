@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
-from dash import dcc, html
+import logging
+import time
 
-from .. import ids
+import numpy as np
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from compute.errors import UserError
+
+from .. import ids, service
+from ..components import controls, error_box, graph, labelled, notice, section, table
 from ..figures import difference_map, empty_figure, maps_side_by_side, token_labels
-from ..templates import SCREEN
 from ..service import DEFAULT_VARIANTS
-from .common import controls, graph, labelled, notice, section, table
+from ..state import background_manager
+from ..templates import SCREEN
+from .common import Analysis, current, on_analysis
+
+log = logging.getLogger(__name__)
+EXPORT_CONTROLS = (("compare", ids.COMPARE, "data"), ("diff_variant", ids.VR_DIFF_PICK, "value"))
 
 FIDELITY_COLUMNS = ("kl", "js", "out_rel_l2", "retained", "entropy_shift", "sink_shift", "topk_overlap", "spearman")
 
 
-def layout(choices: list[dict]) -> html.Div:
+def layout(**query) -> html.Div:
+    choices = service.variant_choices()
     return html.Div([
         section("Compare attention variants",
                 controls(
@@ -39,7 +50,10 @@ def layout(choices: list[dict]) -> html.Div:
                 help_text="Each variant replaces softmax on the same captured q/k/v; maps are for the selected "
                           "head. End to end, the variant is swapped into the chosen layers."),
         section("Maps of the selected head", graph(ids.VR_MAPS, 420)),
-        html.Div([section("Difference (first variant − softmax)", graph(ids.VR_DIFF, 420)),
+        html.Div([section("Difference (variant − softmax)",
+                          controls(labelled("Variant", dcc.Dropdown(id=ids.VR_DIFF_PICK, options=[], value=None,
+                                                                    clearable=False, style={"width": "260px"}))),
+                          graph(ids.VR_DIFF, 420)),
                   section("End to end", graph(ids.VR_BARS, 420))], className="grid2"),
         section("Fidelity per variant (selected head, and mean over heads)", html.Div(id=ids.VR_TABLE)),
     ], id=ids.view("variants"), className="view")
@@ -80,8 +94,10 @@ def fidelity_at(v: dict, metric: str, layers: list, l: int, h: int):
     return (float(val) if np.isfinite(val) else None), mean
 
 
-def render(res, cmp, softmax_map: Optional[np.ndarray], selected, template: str = SCREEN):
-    """(maps figure, diff figure, bars figure, table, note) of a compute.variants comparison."""
+def render(res, cmp, softmax_map: Optional[np.ndarray], selected, template: str = SCREEN,
+           diff_variant: Optional[str] = None):
+    """(maps figure, diff figure, bars figure, table, note) of a compute.variants comparison; the
+    difference map shows `diff_variant` (default: the first variant)."""
     l, h = selected
     if cmp is None:
         e = empty_figure("choose variants and press Compare", template)
@@ -102,11 +118,12 @@ def render(res, cmp, softmax_map: Optional[np.ndarray], selected, template: str 
     if len(maps) >= 2 and all(np.shape(z) == (res.n_tokens, res.n_tokens) for z in maps.values()):
         f_maps = maps_side_by_side(maps, labels, causal=res.causal, template=template,
                                    title=f"layer {l} head {h}")
-        first = [k for k in maps if k != "softmax"][0]
-        f_diff = difference_map(maps[first], maps["softmax"], labels, causal=res.causal, name_a=first,
+        shown = [k for k in maps if k != "softmax"]
+        pick = diff_variant if diff_variant in shown else shown[0]
+        f_diff = difference_map(maps[pick], maps["softmax"], labels, causal=res.causal, name_a=pick,
                                 template=template)
     else:
-        why = (f"maps of head {l}.{h} are not computed: press Compare again with this head selected"
+        why = (f"the comparison holds no maps of head {l}.{h}: press Compare to add them (the numbers are kept)"
                if res.n_tokens <= 2048 else "maps are drawn for texts up to the full-map limit")
         f_maps = empty_figure(why, template)
         f_diff = empty_figure("", template)
@@ -170,3 +187,73 @@ def _e2e_bars(names, loss, agree, base_loss, template):
                   xaxis=dict(domain=[0, 0.44]), xaxis2=dict(domain=[0.56, 1]),
                   yaxis=dict(title=dict(text="loss")), yaxis2=dict(anchor="x2", range=[0, 1.02]))
     return make_figure(traces, layout, template)
+
+
+def diff_choices(cmp) -> list[dict]:
+    """The difference map's variant choices: the comparison's variants, in the user's order."""
+    if cmp is None:
+        return []
+    vs = (cmp.result or {}).get("variants") or {}
+    return [{"label": s, "value": s} for s in ([s for s in cmp.specs if s in vs] or list(vs))]
+
+
+def comparison_of(state: Optional[dict], compare_store: Optional[dict]):
+    """The stored comparison of the state's analysis, or None."""
+    if compare_store and state and compare_store.get("a") == state.get("a"):
+        return service.get_comparison(compare_store.get("ck"))
+    return None
+
+
+# ---------------------------------------------------------------- callbacks
+
+def _placeholder(msg: str):
+    e = empty_figure(msg)
+    return e, e, e, "", "", []
+
+
+@callback(Output(ids.VR_MAPS, "figure"), Output(ids.VR_DIFF, "figure"), Output(ids.VR_BARS, "figure"),
+          Output(ids.VR_TABLE, "children"), Output(ids.VR_NOTE, "children"), Output(ids.VR_DIFF_PICK, "options"),
+          Input(ids.STATE, "data"), Input(ids.COMPARE, "data"), Input(ids.VR_DIFF_PICK, "value"))
+@on_analysis("variants", _placeholder)
+def render_variants(a: Analysis, compare_store, diff_variant):
+    reason = service.variants_available()
+    if reason:
+        return _placeholder(f"variants: not available yet ({reason})")
+    l, h = a.head
+    cmp = comparison_of(a.state, compare_store)
+    out = render(a.res, cmp, service.head_map(a.key, l, h), (l, h), diff_variant=diff_variant)
+    return (*out, diff_choices(cmp))
+
+
+def compare_job(set_progress, n_clicks, specs, custom, layers_text, state):
+    """Background: compare the chosen variants on the current analysis. Returns (store, error)."""
+    try:
+        a = current(state)
+        if a is None:
+            raise UserError("no analysis to compare on yet")
+        chosen = list(specs or [])
+        if custom and custom.strip():
+            chosen += service.split_specs(custom)
+        try:
+            layers = parse_layers(layers_text, a.res.n_layers)
+        except ValueError as exc:
+            raise UserError(f"layers: {exc}") from None
+        service.job_setup()
+        ck = service.run_comparison(a.key, chosen, layers, a.head,
+                                    progress=lambda f, m: set_progress((str(int(round(100 * f))), m)))
+        return {"a": a.key, "ck": ck, "t": time.time()}, ""
+    except UserError as exc:
+        return no_update, error_box(str(exc))
+    except Exception as exc:
+        log.exception("comparison failed")
+        return no_update, error_box(f"internal error ({exc.__class__.__name__}: {exc})")
+
+
+callback(Output(ids.COMPARE_JOB, "data"), Output(ids.VR_ERROR, "children"),
+         Input(ids.VR_RUN, "n_clicks"), State(ids.VR_SPECS, "value"), State(ids.VR_CUSTOM, "value"),
+         State(ids.VR_LAYERS, "value"), State(ids.STATE, "data"),
+         background=True, manager=background_manager(), interval=500, prevent_initial_call=True,
+         progress=[Output(ids.VR_PROGRESS, "value"), Output(ids.VR_PROGRESS_MSG, "children")],
+         running=[(Output(ids.VR_RUN, "disabled"), True, False), (Output(ids.VR_CANCEL, "disabled"), False, True),
+                  (Output(ids.VR_PROGRESS_WRAP, "style"), {"display": "flex"}, {"display": "none"})],
+         cancel=[Input(ids.VR_CANCEL, "n_clicks")])(compare_job)

@@ -4,23 +4,29 @@
     python -m visapp.export --model smollm2-135m --text-file t.txt --figure sinks --part map --format png \
         --dpi 600 --width double --font sans --out sinks.png --data sinks.csv --caption sinks.caption.txt
     python -m visapp.export --model smollm2-135m --text-file t.txt --bundle figs/ --format pdf,svg
+    python -m visapp.export --from out/ --figure sinks --format pdf --out sinks.pdf   # no model runs
 
 The analysis is the app's own (visapp.service, same request and cache key as the app with the same
-inputs, cached in ATTNVIS_CACHE_DIR), and the figure is the view's own figure (visapp.figure_registry).
-Prints the written paths; on bad input prints `error: ...` and exits 2.
+inputs, cached in ATTNVIS_CACHE_DIR), or a saved `python -m compute analyze --out DIR` (--from DIR:
+report.json + stats.npz, loaded without the model), and the figure is the view's own figure
+(visapp.export.registry). Prints the written paths; on bad input prints `error: ...` and exits 2.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from compute.errors import InputError, UserError
 
-from . import figure_registry as reg
+from .. import service
+from . import registry as reg
 
 FIGURE_HELP = ("overview | head:L.H | sinks | basin | entropy | graph | variants | generate; a view's other "
                "figures with --part (head: map entropy received tokens deps; sinks: layers rate map; entropy: "
@@ -28,13 +34,17 @@ FIGURE_HELP = ("overview | head:L.H | sinks | basin | entropy | graph | variants
 
 
 def parser() -> argparse.ArgumentParser:
-    from .export import DPI_RANGE, FONTS, WIDTHS
-    from .service import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ITEMS
+    from ..service import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ITEMS
+    from .options import DPI_RANGE, FONTS, WIDTHS
 
     p = argparse.ArgumentParser(prog="python -m visapp.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, model folder or .gguf (default %(default)s)")
-    p.add_argument("--text-file", required=True, help="UTF-8 text to analyse ('-' reads stdin)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text-file", help="UTF-8 text to analyse ('-' reads stdin)")
+    src.add_argument("--from", dest="from_dir", metavar="DIR",
+                     help="a saved analysis (`python -m compute analyze --out DIR`: report.json + stats.npz); "
+                          "runs no model, so --model and the analysis options do not apply")
     p.add_argument("--figure", default="overview", help=FIGURE_HELP)
     p.add_argument("--part", default=None, help="which figure of the view (default: its first)")
     p.add_argument("--format", default=None,
@@ -95,7 +105,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def _formats(args, bundle: bool) -> list[str]:
-    from .export import FORMATS
+    from .options import FORMATS
     if args.format:
         fmts = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     elif args.out and Path(args.out).suffix.lower().lstrip(".") in FORMATS:
@@ -127,9 +137,41 @@ def _writable(path: Optional[str], what: str) -> None:
         raise InputError(f"{what}: folder {Path(path).parent} does not exist")
 
 
+class SavedAnalysis:
+    """The service as the registry sees it, for a result loaded from a saved CLI analysis: its own
+    result, summary and stored full maps instead of the app's cache (no model, no cache writes)."""
+
+    def __init__(self, res, key: str):
+        self.res, self.key = res, key
+
+    def get_result(self, key: str):
+        return self.res
+
+    def head_map(self, key: str, layer: int, head: int):
+        m = self.res.maps
+        return None if m is None else np.asarray(m[layer, head], np.float32)
+
+    def __getattr__(self, name):          # summary, token_edges_block, sink_rate_curve, ... from the service
+        return getattr(service, name)
+
+
+def load_saved(folder: str) -> SavedAnalysis:
+    """A saved `compute analyze` folder as a SavedAnalysis; one-line errors for a wrong folder."""
+    from compute.result import AttentionResult
+    d = Path(folder)
+    missing = [f for f in ("report.json", "stats.npz") if not (d / f).is_file()]
+    if missing:
+        raise InputError(f"--from {folder}: no {' or '.join(missing)} there (write one with "
+                         "`python -m compute analyze --out DIR`)")
+    try:
+        res = AttentionResult.load(d)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--from {folder}: not a readable analysis ({exc.__class__.__name__}: {exc})") from None
+    return SavedAnalysis(res, "saved-" + hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:16])
+
+
 def run(args) -> int:
-    from . import export as ex
-    from . import service
+    from .. import export as ex
 
     bundle = args.bundle is not None
     fmts = _formats(args, bundle)
@@ -153,6 +195,8 @@ def run(args) -> int:
         _writable(args.out, "--out")
         _writable(args.data, "--data")
         _writable(args.caption, "--caption")
+    if args.from_dir:
+        return _run_saved(args, ex, opts, fmts, view, sp, head, settings, bundle)
     text = _read_text(args.text_file)
     probes = tuple(x.strip() for x in args.probes.split(",") if x.strip())
     req = service.make_request(model=args.model, text=text, backend=args.backend, max_tokens=args.max_tokens,
@@ -166,9 +210,7 @@ def run(args) -> int:
     service.job_setup()
     key = service.run_analysis(req, progress=progress)
     res = service.get_result(key)
-    if not (0 <= head[0] < res.n_layers and 0 <= head[1] < res.n_heads):
-        raise InputError(f"head {head[0]}.{head[1]} does not exist: {res.model} has {res.n_layers} layers x "
-                         f"{res.n_heads} heads (0-based)")
+    _check_head(res, head)
     specs, layers, cmp = [], None, None
     if args.variants or (view == "variants" and not bundle):
         reason = service.variants_available()
@@ -177,7 +219,7 @@ def run(args) -> int:
         specs = service.split_specs(args.variants) if args.variants else \
             [c["spec"] for c in service.variant_choices()[:2]]
         if args.variant_layers:
-            from .views.variants import parse_layers
+            from ..pages.variants import parse_layers
             try:
                 layers = parse_layers(args.variant_layers, res.n_layers)
             except ValueError as exc:
@@ -196,6 +238,11 @@ def run(args) -> int:
     text_file = args.text_file if args.text_file != "-" else "text.txt"
     cmd = ex.reproduce_command(sp.name, req, settings, opts, text_file=text_file, out=args.out, variants=specs,
                                variant_layers=layers)
+    return _write_outputs(args, ex, ctx, sp, opts, cmd)
+
+
+def _write_outputs(args, ex, ctx, sp, opts, cmd) -> int:
+    """The figure file, and --data / --caption when asked for; prints each written path."""
     out = ex.export_figure(ctx, sp, opts, command=cmd)
     Path(args.out).write_bytes(out.content)
     print(args.out)
@@ -217,6 +264,30 @@ def run(args) -> int:
     return 0
 
 
+def _check_head(res, head) -> None:
+    if not (0 <= head[0] < res.n_layers and 0 <= head[1] < res.n_heads):
+        raise InputError(f"head {head[0]}.{head[1]} does not exist: {res.model} has {res.n_layers} layers x "
+                         f"{res.n_heads} heads (0-based)")
+
+
+def _run_saved(args, ex, opts, fmts, view, sp, head, settings, bundle) -> int:
+    """--from DIR: the figures of a saved analysis, without a model (variants need one)."""
+    if args.variants or (view == "variants" and not bundle):
+        raise InputError("--from: variant comparisons run the model; export them with --text-file")
+    saved = load_saved(args.from_dir)
+    _check_head(saved.res, head)
+    ctx = reg.make_context(saved.key, settings, service=saved)
+    if bundle:
+        index = ex.write_bundle(ctx, args.bundle, opts, fmts)
+        for name, why in index["skipped"].items():
+            if not args.quiet:
+                print(f"skipped {name}: {why}", file=sys.stderr)
+        print(os.path.join(args.bundle, "bundle.json"))
+        return 0
+    cmd = ex.reproduce_command(sp.name, None, settings, opts, out=args.out, source=args.from_dir)
+    return _write_outputs(args, ex, ctx, sp, opts, cmd)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -227,7 +298,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        from .export import shutdown
+        from .render import shutdown
         shutdown()
 
 

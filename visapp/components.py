@@ -1,11 +1,12 @@
-"""Small building blocks shared by the views."""
+"""Small Dash building blocks shared by the shell and the pages (no callbacks here, so any module
+may import it: visapp.hardening takes `error_box` from here)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from dash import dcc, html
 
-from ..figures import empty_figure
+from .figures import empty_figure
 
 GRAPH_CONFIG = {"displaylogo": False,
                 "toImageButtonOptions": {"format": "svg", "filename": "attnvis", "scale": 1}}
@@ -16,8 +17,19 @@ def graph(id_: str, height: int = 320, **kw) -> dcc.Graph:
                      style={"minHeight": f"{height}px"}, **kw)
 
 
+def plain_token(tok: str) -> str:
+    """A token for an HTML component (Dash renders strings as text, so nothing is escaped here,
+    unlike visapp.figures.show_token for plotly): whitespace made visible."""
+    return tok.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
+
+
 def notice(text: str, kind: str = "info") -> html.Div:
     return html.Div(text, className=f"notice notice-{kind}")
+
+
+def error_box(message: str) -> html.Div:
+    return html.Div([html.B("Error: "), message, html.Span(" (the previous results are still shown)",
+                                                            className="help")], className="error")
 
 
 def unavailable(what: str, reason: str | None = None) -> str:

@@ -3,16 +3,19 @@ the depth score and an AttnRank-style suggested order for the items the user mar
 from __future__ import annotations
 
 import numpy as np
-from dash import dcc, html
+from dash import Input, Output, callback, dcc, html
 from plotly.colors import sample_colorscale
 
-from .. import ids
+from .. import ids, service
+from ..components import graph, notice, section, table
 from ..figures import basin_curves, empty_figure
 from ..templates import SCREEN
-from .common import graph, notice, section, table
+from .common import Analysis, on_analysis
+
+EXPORT_CONTROLS = (("important", ids.BS_IMPORTANT, "value"),)
 
 
-def layout() -> html.Div:
+def layout(**query) -> html.Div:
     return html.Div([
         section("Items in the text", html.Div(id=ids.BS_SUMMARY), html.Div(id=ids.BS_TEXT, className="basin-text"),
                 help_text="Items are found automatically (blank-line blocks, or 'Document [k]' / 'Example k:' "
@@ -91,3 +94,13 @@ def render(res, important: list, service, template: str = SCREEN):
             html.P("positional preference: " + ", ".join(f"{p:.2f}" for p in pref), className="help"),
         ])
     return summary, highlighted_text(res.text, items), fig, options, order
+
+
+# ---------------------------------------------------------------- callbacks
+
+@callback(Output(ids.BS_SUMMARY, "children"), Output(ids.BS_TEXT, "children"), Output(ids.BS_CURVES, "figure"),
+          Output(ids.BS_IMPORTANT, "options"), Output(ids.BS_ORDER, "children"),
+          Input(ids.STATE, "data"), Input(ids.BS_IMPORTANT, "value"))
+@on_analysis("basin", lambda msg: (msg, "", empty_figure(msg), [], ""))
+def render_basin(a: Analysis, important):
+    return render(a.res, list(important or []), service)
