@@ -9,11 +9,24 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..templates import OKABE_ITO, SCREEN
-from .common import f32, gaps, make_figure, show_token, token_labels, weight_bins
+from .common import escape_all, escape_markup, f32, gaps, make_figure, show_token, token_labels, weight_bins
 
 EDGE_WIDTHS = (0.6, 1.2, 2.2, 3.5)
 EDGE_ALPHA = (0.25, 0.4, 0.6, 0.85)
 ARC_POINTS = 16
+# Communities: Okabe-Ito colours (colour-blind safe), then the same colours with the next symbol, so
+# 8 x 6 = 48 communities stay distinct; a distinguishable palette of more than 8 hues does not exist.
+COMMUNITY_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
+# Token line: every token is labelled up to LABEL_MAX tokens; past NODE_MAX only the tokens with an arc
+# get a node (a 512-token window would otherwise be a solid bar of markers).
+LABEL_MAX = 128
+NODE_MAX = 128
+
+
+def community_style(c: int) -> tuple[str, str]:
+    """(colour, symbol) of community c: distinct for c < 48, cycling after."""
+    c = int(c) % (len(OKABE_ITO) * len(COMMUNITY_SYMBOLS))
+    return OKABE_ITO[c % len(OKABE_ITO)], COMMUNITY_SYMBOLS[c // len(OKABE_ITO)]
 
 
 def head_similarity_graph(pos: np.ndarray, heads: Sequence[tuple[int, int]], edges: Sequence[tuple[int, int, float]],
@@ -39,12 +52,13 @@ def head_similarity_graph(pos: np.ndarray, heads: Sequence[tuple[int, int]], edg
     lh = np.asarray(heads, dtype=int).reshape(-1, 2)
     for c in sorted(set(comm.tolist())):
         m = comm == c
+        colour, symbol = community_style(c)
         traces.append(dict(
             type="scatter", x=pos[m, 0], y=pos[m, 1], mode="markers+text" if n <= 60 else "markers",
             name=f"community {c}", text=[f"{l}.{h}" for l, h in lh[m]], textposition="top center",
             textfont=dict(size=9), customdata=lh[m].tolist(),
             hovertemplate=f"layer %{{customdata[0]}} head %{{customdata[1]}}<br>community {c}<extra></extra>",
-            marker=dict(size=11, color=OKABE_ITO[c % len(OKABE_ITO)], line=dict(width=0.6, color="#222"))))
+            marker=dict(size=11, color=colour, symbol=symbol, line=dict(width=0.6, color="#222"))))
     if selected is not None:
         hit = np.nonzero((lh[:, 0] == selected[0]) & (lh[:, 1] == selected[1]))[0]
         if hit.size:
@@ -52,7 +66,7 @@ def head_similarity_graph(pos: np.ndarray, heads: Sequence[tuple[int, int]], edg
             traces.append(dict(type="scatter", x=[pos[i, 0]], y=[pos[i, 1]], mode="markers", hoverinfo="skip",
                                showlegend=False, marker=dict(size=22, symbol="circle-open", color="#d00",
                                                              line=dict(width=3))))
-    layout = dict(title=dict(text=title), height=height, hovermode="closest", xaxis=dict(visible=False),
+    layout = dict(title=dict(text=escape_markup(title)), height=height, hovermode="closest", xaxis=dict(visible=False),
                   yaxis=dict(visible=False, scaleanchor="x"), legend=dict(orientation="h", y=-0.05))
     return make_figure(traces, layout, template)
 
@@ -78,43 +92,80 @@ def _arc_traces(edges: Sequence[tuple[int, int, float]], up: bool, colour: str, 
     return out
 
 
+def arc_nodes(n_window: int, edges: Sequence[tuple[int, int, float]], lo: int,
+              node_values: Optional[np.ndarray] = None) -> np.ndarray:
+    """Token positions that get a node: all of lo..lo+n_window when n_window <= NODE_MAX, else the arcs'
+    end points, topped up with the tokens receiving most (node_values), at most NODE_MAX."""
+    if n_window <= NODE_MAX:
+        return np.arange(lo, lo + n_window)
+    ends = sorted({int(a) for a, _, _ in edges} | {int(b) for _, b, _ in edges})
+    keep = list(dict.fromkeys(ends))[:NODE_MAX]
+    if node_values is not None and len(keep) < NODE_MAX:
+        v = np.nan_to_num(np.asarray(node_values[lo:lo + n_window], float), nan=-np.inf)
+        have = set(keep)
+        for j in np.argsort(-v, kind="stable"):
+            if len(keep) >= NODE_MAX:
+                break
+            if lo + int(j) not in have:
+                keep.append(lo + int(j))
+    return np.array(sorted(keep), dtype=int)
+
+
 def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], *,
                 lower: Sequence[tuple[int, int, float]] = (), upper_name: str = "attention",
                 lower_name: str = "dependency", title: str = "", template: str = SCREEN,
                 node_values: Optional[np.ndarray] = None, node_label: str = "", height: int = 380,
                 window: Optional[tuple[int, int]] = None, node_cmax: Optional[float] = None) -> go.Figure:
     """Tokens on a line; arcs above (e.g. attention query -> key, width by weight) and below (e.g. the
-    dependency parse). Edges are (a, b, weight) with token indices. `window` limits the shown tokens."""
+    dependency parse). Edges are (a, b, weight) with token indices. `window` limits the shown tokens.
+
+    Up to LABEL_MAX shown tokens each get their text on the axis (whitespace made visible); a window of
+    more than NODE_MAX tokens draws nodes only for the arcs' tokens (and the most-attended ones), and the
+    figure says so."""
     n = len(tokens)
     lo, hi = window if window is not None else (0, n)
+    lo, hi = max(0, int(lo)), min(n, int(hi))
     inside = lambda e: lo <= e[0] < hi and lo <= e[1] < hi   # noqa: E731
-    traces = _arc_traces([e for e in upper if inside(e)], True, "#0072B2", upper_name)
-    traces += _arc_traces([e for e in lower if inside(e)], False, "#D55E00", lower_name)
+    up = [e for e in upper if inside(e)]
+    down = [e for e in lower if inside(e)]
+    upper_name, lower_name = escape_markup(upper_name), escape_markup(lower_name)
+    traces = _arc_traces(up, True, "#0072B2", upper_name)
+    traces += _arc_traces(down, False, "#D55E00", lower_name)
     traces.append(dict(type="scatter", x=[None], y=[None], mode="lines", name=upper_name,
                        line=dict(color="#0072B2", width=2)))
     if lower:
         traces.append(dict(type="scatter", x=[None], y=[None], mode="lines", name=lower_name,
                            line=dict(color="#D55E00", width=2)))
-    x = np.arange(lo, hi)
-    nv = f32(node_values[lo:hi]) if node_values is not None else None
-    marker = dict(size=8, color=nv if nv is not None else "#444")
+    x = arc_nodes(hi - lo, up + down, lo, node_values)
+    capped = len(x) < hi - lo
+    nv = f32(np.asarray(node_values)[x]) if node_values is not None else None
+    marker = dict(size=8 if len(x) <= 90 else 6, color=nv if nv is not None else "#444")
     if nv is not None:
         marker.update(colorscale="Viridis", cmin=0, showscale=True,
-                      colorbar=dict(title=dict(text=node_label, side="right"), len=0.6))
+                      colorbar=dict(title=dict(text=escape_markup(node_label), side="right"), len=0.6))
         if node_cmax is not None:
             marker["cmax"] = node_cmax
-    traces.append(dict(type="scatter", x=x, y=np.zeros(len(x)), mode="markers", customdata=token_labels(tokens, lo, hi),
+    hover = escape_all(token_labels(tokens)[i] for i in x) if len(x) else []
+    traces.append(dict(type="scatter", x=x, y=np.zeros(len(x)), mode="markers", customdata=hover,
                        showlegend=False, marker=marker,
-                       hovertemplate="%{customdata}" + (f"<br>{node_label} = %{{marker.color:.3f}}" if nv is not None
-                                                        else "") + "<extra></extra>"))
-    few = hi - lo <= 90            # few tokens: label every one on the axis, rotated so they stay legible
+                       hovertemplate="%{customdata}" + (f"<br>{escape_markup(node_label)} = %{{marker.color:.3f}}"
+                                                        if nv is not None else "") + "<extra></extra>"))
+    labelled = len(x) <= LABEL_MAX
     xaxis = dict(showgrid=False, zeroline=False, range=[lo - 1, hi])
-    if few:
-        xaxis.update(tickmode="array", tickvals=x.tolist(), ticktext=[show_token(tokens[i]) for i in x],
-                     tickangle=-90, tickfont=dict(size=10))
+    if labelled:               # label every drawn token, rotated and smaller as they crowd
+        xaxis.update(tickmode="array", tickvals=x.tolist(), ticktext=escape_all(show_token(tokens[i]) for i in x),
+                     tickangle=-90, tickfont=dict(size=10 if len(x) <= 60 else 8 if len(x) <= 110 else 7))
     else:
         xaxis.update(title=dict(text="token position"))
-    layout = dict(title=dict(text=title), height=height + (60 if few else 0), hovermode="closest", xaxis=xaxis,
-                  yaxis=dict(visible=False), legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1,
-                                                          xanchor="right"))
+    notes = []
+    if capped or not labelled:
+        what = f"{len(x)} of {hi - lo} tokens drawn (those with arcs" + \
+            (", then the most attended)" if node_values is not None else ")")
+        notes.append(dict(text=what + ("" if labelled else f"; token text shown up to {LABEL_MAX} tokens"),
+                          x=0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
+                          showarrow=False, font=dict(size=11, color="#555")))
+    title = escape_markup(title)
+    layout = dict(title=dict(text=title), height=height + (60 if labelled else 0), hovermode="closest",
+                  xaxis=xaxis, yaxis=dict(visible=False), annotations=notes,
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return make_figure(traces, layout, template)
