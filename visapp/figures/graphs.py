@@ -93,22 +93,27 @@ def _arc_traces(edges: Sequence[tuple[int, int, float]], up: bool, colour: str, 
 
 
 def arc_nodes(n_window: int, edges: Sequence[tuple[int, int, float]], lo: int,
-              node_values: Optional[np.ndarray] = None) -> np.ndarray:
-    """Token positions that get a node: all of lo..lo+n_window when n_window <= NODE_MAX, else the arcs'
-    end points, topped up with the tokens receiving most (node_values), at most NODE_MAX."""
+              node_values: Optional[np.ndarray] = None) -> tuple[np.ndarray, list]:
+    """(token positions that get a node, the edges drawn). A window of up to NODE_MAX tokens: every token,
+    every edge. A longer one: the strongest edges whose end points fit in NODE_MAX nodes, topped up with
+    the tokens receiving most (node_values)."""
     if n_window <= NODE_MAX:
-        return np.arange(lo, lo + n_window)
-    ends = sorted({int(a) for a, _, _ in edges} | {int(b) for _, b, _ in edges})
-    keep = list(dict.fromkeys(ends))[:NODE_MAX]
+        return np.arange(lo, lo + n_window), list(edges)
+    keep: dict[int, None] = {}
+    kept = []
+    for e in sorted(edges, key=lambda e: -float(e[2])):
+        new = {int(e[0]), int(e[1])} - keep.keys()
+        if len(keep) + len(new) > NODE_MAX:
+            continue
+        keep.update(dict.fromkeys(sorted(new)))
+        kept.append(e)
     if node_values is not None and len(keep) < NODE_MAX:
         v = np.nan_to_num(np.asarray(node_values[lo:lo + n_window], float), nan=-np.inf)
-        have = set(keep)
         for j in np.argsort(-v, kind="stable"):
             if len(keep) >= NODE_MAX:
                 break
-            if lo + int(j) not in have:
-                keep.append(lo + int(j))
-    return np.array(sorted(keep), dtype=int)
+            keep.setdefault(lo + int(j), None)
+    return np.array(sorted(keep), dtype=int), kept
 
 
 def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], *,
@@ -128,6 +133,11 @@ def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], 
     inside = lambda e: lo <= e[0] < hi and lo <= e[1] < hi   # noqa: E731
     up = [e for e in upper if inside(e)]
     down = [e for e in lower if inside(e)]
+    x, drawn = arc_nodes(hi - lo, up + down, lo, node_values)
+    n_dropped = len(up) + len(down) - len(drawn)
+    if n_dropped:
+        ids = {id(e) for e in drawn}
+        up, down = [e for e in up if id(e) in ids], [e for e in down if id(e) in ids]
     upper_name, lower_name = escape_markup(upper_name), escape_markup(lower_name)
     traces = _arc_traces(up, True, "#0072B2", upper_name)
     traces += _arc_traces(down, False, "#D55E00", lower_name)
@@ -136,7 +146,6 @@ def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], 
     if lower:
         traces.append(dict(type="scatter", x=[None], y=[None], mode="lines", name=lower_name,
                            line=dict(color="#D55E00", width=2)))
-    x = arc_nodes(hi - lo, up + down, lo, node_values)
     capped = len(x) < hi - lo
     nv = f32(np.asarray(node_values)[x]) if node_values is not None else None
     marker = dict(size=8 if len(x) <= 90 else 6, color=nv if nv is not None else "#444")
@@ -160,7 +169,8 @@ def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], 
     notes = []
     if capped or not labelled:
         what = f"{len(x)} of {hi - lo} tokens drawn (those with arcs" + \
-            (", then the most attended)" if node_values is not None else ")")
+            (", then the most attended)" if node_values is not None else ")") + \
+            (f"; the {len(drawn)} strongest arcs of {len(drawn) + n_dropped}" if n_dropped else "")
         notes.append(dict(text=what + ("" if labelled else f"; token text shown up to {LABEL_MAX} tokens"),
                           x=0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
                           showarrow=False, font=dict(size=11, color="#555")))

@@ -19,9 +19,9 @@ ROLE_SYMBOLS = {
     "mixed": "circle", "unknown": "circle",
 }
 MIN_SIZE, MAX_SIZE = 7.0, 24.0
-# Flag marks on a heatmap: a white x with a dark outline reads on dark and light cells and in the legend
-# (a white-only mark is invisible on the white legend).
-FLAG_MARKER = dict(symbol="x", size=10, color="#ffffff", line=dict(width=1.2, color="#222222"))
+# Flag marks on a heatmap: a black x with a light outline reads on dark and light cells and on the white
+# legend (the old white-only mark was invisible there).
+FLAG_MARKER = dict(symbol="x", size=10, color="#000000", line=dict(width=1.2, color="#f2f2f2"))
 
 
 def glyph_sizes(importance: Optional[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

@@ -99,7 +99,7 @@ def received_bars(received: np.ndarray, tokens: Sequence[str], *, sinks: Sequenc
                           font=dict(size=11, color=SINK_COLOUR)))
     yaxis = dict(title=dict(text="mean attention received"), type="log" if log_y else "linear")
     if top is not None:
-        yaxis.update(range=[0, top], title=dict(text="mean attention received (sinks clipped)"))
+        yaxis.update(range=[0, top])         # the sink notes carry their values and an arrow
     layout = dict(title=dict(text=escape_markup(title)), height=height, bargap=0.05,
                   xaxis=dict(title=dict(text="key position")), yaxis=yaxis,
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"), annotations=notes)
@@ -145,7 +145,7 @@ def threshold_curve(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, m
 # 'Document [3] ...', 'Document 3', 'Passage 3', '[3]', 'Example 3:' at the start of an item's label
 _ITEM_MARKER = re.compile(r"^\s*(?:(document|doc|passage|example|item|block)\s*)?\[?\s*(\d+)\s*\]?\s*[:.)]?\s*",
                           re.IGNORECASE)
-ITEM_NAME_CHARS = 14
+ITEM_NAME_CHARS = 10
 
 
 def item_name(index: int, label: str) -> str:
@@ -172,7 +172,7 @@ def item_names(items: Sequence[dict]) -> list[str]:
 
 def basin_curves(per_layer: np.ndarray, *, item_names: Optional[Sequence[str]] = None,
                  items: Optional[Sequence[dict]] = None, aggregate: Optional[np.ndarray] = None,
-                 title: str = "", ylabel: str = "attention mass from the query region",
+                 title: str = "", ylabel: str = "mass from the query region",
                  template: str = SCREEN, height: int = 340) -> go.Figure:
     """The U shape: per-item mass [L, n_items] as one thin line per layer (colour = depth) plus the
     aggregate over layers as a thick line. Items are named by `items` (the basin section's item dicts:
@@ -201,7 +201,7 @@ def basin_curves(per_layer: np.ndarray, *, item_names: Optional[Sequence[str]] =
                            hovertemplate="all layers<br>%{customdata}<br>mass = %{y:.4f}<extra></extra>"))
     # horizontal labels while they fit; slanted ones hang left of their tick and need the half-item margin
     widest = max((len(t) for t in names), default=0)
-    angle = 0 if n * widest <= 70 else -35
+    angle = 0 if n * widest <= 70 else -45
     layout = dict(title=dict(text=escape_markup(title)), height=height,
                   yaxis=dict(title=dict(text=escape_markup(ylabel))),
                   xaxis=dict(title=dict(text="item (in order of appearance)"), tickmode="array",

@@ -105,18 +105,15 @@ def e2e_bars(names: Sequence[str], loss: Sequence[Optional[float]], agreement: S
                    marker=dict(color="#009E73"), xaxis="x2", yaxis="y2", showlegend=False,
                    hovertemplate="%{x}<br>agreement %{y:.3f}<extra></extra>")]
     shapes = []
-    notes = [dict(text="loss (nats)", x=0.22, y=1.0, xref="paper", yref="paper", showarrow=False, yanchor="bottom"),
-             dict(text="top-1 agreement", x=0.78, y=1.0, xref="paper", yref="paper", showarrow=False,
-                  yanchor="bottom")]
     if base_loss is not None:
-        shapes.append(dict(type="line", x0=0, x1=0.44, xref="paper", y0=base_loss, y1=base_loss, yref="y",
+        shapes.append(dict(type="line", x0=0, x1=0.42, xref="paper", y0=base_loss, y1=base_loss, yref="y",
                            line=dict(color="#000", dash="dash", width=1.5)))
         traces.append(baseline_legend(base_loss, "softmax loss"))
     layout = dict(title=dict(text=escape_markup(title)), height=height, showlegend=base_loss is not None,
-                  shapes=shapes, annotations=notes, margin=dict(t=70),
-                  legend=dict(orientation="h", x=0, xanchor="left", y=1.08, yanchor="bottom"),
-                  xaxis=dict(domain=[0, 0.44]), xaxis2=dict(domain=[0.56, 1]),
-                  yaxis=dict(title=dict(text="loss")), yaxis2=dict(anchor="x2", range=[0, 1.02]))
+                  shapes=shapes, legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom"),
+                  xaxis=dict(domain=[0, 0.42]), xaxis2=dict(domain=[0.58, 1]),
+                  yaxis=dict(title=dict(text="loss (nats)")),
+                  yaxis2=dict(anchor="x2", range=[0, 1.02], title=dict(text="top-1 agreement")))
     return make_figure(traces, layout, template)
 
 
