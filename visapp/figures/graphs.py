@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..templates import OKABE_ITO, SCREEN
-from .common import escape_all, escape_markup, f32, gaps, make_figure, show_token, token_labels, weight_bins
+from .common import escape_all, escape_markup, f32, gaps, make_figure, show_token, token_label, weight_bins
 
 EDGE_WIDTHS = (0.6, 1.2, 2.2, 3.5)
 EDGE_ALPHA = (0.25, 0.4, 0.6, 0.85)
@@ -17,9 +17,8 @@ ARC_POINTS = 16
 # Communities: Okabe-Ito colours (colour-blind safe), then the same colours with the next symbol, so
 # 8 x 6 = 48 communities stay distinct; a distinguishable palette of more than 8 hues does not exist.
 COMMUNITY_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
-# Token line: every token is labelled up to LABEL_MAX tokens; past NODE_MAX only the tokens with an arc
-# get a node (a 512-token window would otherwise be a solid bar of markers).
-LABEL_MAX = 128
+# Token line: a window of up to NODE_MAX tokens draws and labels every token; a longer one (a 512-token
+# zoom would be a solid bar of markers) draws and labels only NODE_MAX tokens, those of the strongest arcs.
 NODE_MAX = 128
 
 
@@ -124,9 +123,9 @@ def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], 
     """Tokens on a line; arcs above (e.g. attention query -> key, width by weight) and below (e.g. the
     dependency parse). Edges are (a, b, weight) with token indices. `window` limits the shown tokens.
 
-    Up to LABEL_MAX shown tokens each get their text on the axis (whitespace made visible); a window of
-    more than NODE_MAX tokens draws nodes only for the arcs' tokens (and the most-attended ones), and the
-    figure says so."""
+    Every drawn token gets its text on the axis (whitespace made visible). A window of more than NODE_MAX
+    tokens draws only the tokens of its strongest arcs (then the most attended ones), at most NODE_MAX,
+    and says so above the plot."""
     n = len(tokens)
     lo, hi = window if window is not None else (0, n)
     lo, hi = max(0, int(lo)), min(n, int(hi))
@@ -154,28 +153,24 @@ def arc_diagram(tokens: Sequence[str], upper: Sequence[tuple[int, int, float]], 
                       colorbar=dict(title=dict(text=escape_markup(node_label), side="right"), len=0.6))
         if node_cmax is not None:
             marker["cmax"] = node_cmax
-    hover = escape_all(token_labels(tokens)[i] for i in x) if len(x) else []
+    hover = escape_all(token_label(int(i), tokens[i]) for i in x)
     traces.append(dict(type="scatter", x=x, y=np.zeros(len(x)), mode="markers", customdata=hover,
                        showlegend=False, marker=marker,
                        hovertemplate="%{customdata}" + (f"<br>{escape_markup(node_label)} = %{{marker.color:.3f}}"
                                                         if nv is not None else "") + "<extra></extra>"))
-    labelled = len(x) <= LABEL_MAX
-    xaxis = dict(showgrid=False, zeroline=False, range=[lo - 1, hi])
-    if labelled:               # label every drawn token, rotated and smaller as they crowd
-        xaxis.update(tickmode="array", tickvals=x.tolist(), ticktext=escape_all(show_token(tokens[i]) for i in x),
-                     tickangle=-90, tickfont=dict(size=10 if len(x) <= 60 else 8 if len(x) <= 110 else 7))
-    else:
-        xaxis.update(title=dict(text="token position"))
+    # every drawn token labelled, rotated, smaller as they crowd
+    xaxis = dict(showgrid=False, zeroline=False, range=[lo - 1, hi], tickmode="array", tickvals=x.tolist(),
+                 ticktext=escape_all(show_token(tokens[i]) for i in x), tickangle=-90,
+                 tickfont=dict(size=10 if len(x) <= 60 else 8 if len(x) <= 110 else 7))
     notes = []
-    if capped or not labelled:
-        what = f"{len(x)} of {hi - lo} tokens drawn (those with arcs" + \
+    if capped:
+        what = f"{len(x)} of {hi - lo} tokens drawn (those of the strongest arcs" + \
             (", then the most attended)" if node_values is not None else ")") + \
             (f"; the {len(drawn)} strongest arcs of {len(drawn) + n_dropped}" if n_dropped else "")
-        notes.append(dict(text=what + ("" if labelled else f"; token text shown up to {LABEL_MAX} tokens"),
-                          x=0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
+        notes.append(dict(text=what, x=0, y=1.0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
                           showarrow=False, font=dict(size=11, color="#555")))
     title = escape_markup(title)
-    layout = dict(title=dict(text=title), height=height + (60 if labelled else 0), hovermode="closest",
+    layout = dict(title=dict(text=title), height=height + 60, hovermode="closest",
                   xaxis=xaxis, yaxis=dict(visible=False), annotations=notes,
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return make_figure(traces, layout, template)
