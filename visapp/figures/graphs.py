@@ -8,24 +8,15 @@ from typing import Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from ..templates import OKABE_ITO, SCREEN
+from ..templates import SCREEN, category_style as community_style
 from .common import escape_all, escape_markup, f32, gaps, make_figure, show_token, token_label, weight_bins
 
 EDGE_WIDTHS = (0.6, 1.2, 2.2, 3.5)
 EDGE_ALPHA = (0.25, 0.4, 0.6, 0.85)
 ARC_POINTS = 16
-# Communities: Okabe-Ito colours (colour-blind safe), then the same colours with the next symbol, so
-# 8 x 6 = 48 communities stay distinct; a distinguishable palette of more than 8 hues does not exist.
-COMMUNITY_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
 # Token line: a window of up to NODE_MAX tokens draws and labels every token; a longer one (a 512-token
 # zoom would be a solid bar of markers) draws and labels only NODE_MAX tokens, those of the strongest arcs.
 NODE_MAX = 128
-
-
-def community_style(c: int) -> tuple[str, str]:
-    """(colour, symbol) of community c: distinct for c < 48, cycling after."""
-    c = int(c) % (len(OKABE_ITO) * len(COMMUNITY_SYMBOLS))
-    return OKABE_ITO[c % len(OKABE_ITO)], COMMUNITY_SYMBOLS[c // len(OKABE_ITO)]
 
 
 def head_similarity_graph(pos: np.ndarray, heads: Sequence[tuple[int, int]], edges: Sequence[tuple[int, int, float]],
