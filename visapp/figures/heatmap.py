@@ -54,7 +54,8 @@ def colorbar(title: str, **kw) -> dict:
 
 
 def position_range(n_tokens: int, reversed_: bool = False) -> list[float]:
-    """Axis range over token positions 0..n-1 with EDGE_PAD room before 0 (label of tick 0 fits)."""
+    """Axis range over token positions 0..n-1 with EDGE_PAD room before 0, so the label of tick 0 fits
+    at the top of a query axis (plotly drops a tick label that would cross the figure's edge)."""
     lo, hi = -0.5 - EDGE_PAD * n_tokens, n_tokens - 0.5
     return [hi, lo] if reversed_ else [lo, hi]
 
@@ -149,7 +150,7 @@ def pooled_heatmap(pooled: np.ndarray, pool: int, n_tokens: int, *, causal: bool
                      hovertemplate=hover.replace("VALUE", "z"))
     layout = dict(title=dict(text=title), height=height or 560,
                   yaxis=dict(range=position_range(n_tokens, reversed_=True), title=dict(text="query position")),
-                  xaxis=dict(range=position_range(n_tokens), title=dict(text="key position")))
+                  xaxis=dict(range=[-0.5, n_tokens - 0.5], title=dict(text="key position")))
     return make_figure([trace], layout, template)
 
 
