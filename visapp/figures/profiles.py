@@ -89,19 +89,19 @@ def received_bars(received: np.ndarray, tokens: Sequence[str], *, sinks: Sequenc
     notes = []
     for i in idx[:12]:
         v = float(r[i])
-        if log_y:
-            y, text = float(np.log10(max(v, 1e-6))), labels[i]
-        elif top is not None and v > top:
-            y, text = top, f"{labels[i]} {v:.3g} ↑"       # the bar runs past the axis: say how far
-        else:
-            y, text = v, labels[i]
-        notes.append(dict(x=i, y=y, text=text, showarrow=True, arrowhead=0, ay=-22,
-                          font=dict(size=11, color=SINK_COLOUR)))
+        font = dict(size=11, color=SINK_COLOUR)
+        if top is not None and v > top:       # the bar runs past the axis: its value, inside the plot
+            notes.append(dict(x=i, y=top, text=f"{labels[i]} {v:.3g} ↑", showarrow=False, xanchor="left",
+                              yanchor="top", xshift=4, font=font))
+            continue
+        y = float(np.log10(max(v, 1e-6))) if log_y else v
+        notes.append(dict(x=i, y=y, text=labels[i], showarrow=True, arrowhead=0, ax=12, ay=-22, xanchor="left",
+                          font=font))
     yaxis = dict(title=dict(text="mean attention received"), type="log" if log_y else "linear")
     if top is not None:
         yaxis.update(range=[0, top])         # the sink notes carry their values and an arrow
     layout = dict(title=dict(text=escape_markup(title)), height=height, bargap=0.05,
-                  xaxis=dict(title=dict(text="key position")), yaxis=yaxis,
+                  xaxis=dict(title=dict(text="key position"), range=[-0.5 - 0.01 * n, n - 0.5]), yaxis=yaxis,
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"), annotations=notes)
     return make_figure(traces, layout, template)
 
