@@ -54,7 +54,7 @@ def test_basin_items_named_cleanly_and_every_tick_kept():
     hover = fig.data[-1].customdata
     assert hover[0] == "Document 1: Document [1] The river number 0 carries water"   # the full label on hover
     # other label forms; names stay unique
-    assert F.item_names([{"index": 0, "label": "block 1"}, {"index": 1, "label": "[2] b"},
+    assert F.basin_item_names([{"index": 0, "label": "block 1"}, {"index": 1, "label": "[2] b"},
                          {"index": 2, "label": "Example 3: c"}, {"index": 3, "label": "free text that is long"},
                          {"index": 4, "label": "[2] again"}]) == \
         ["Block 1", "item 2", "Example 3", "item 3: free text…", "item 2 (2)"]

@@ -8,7 +8,7 @@ from .common import empty_figure, escape_markup, make_figure, show_token, token_
 from .graphs import arc_diagram, community_style, head_similarity_graph
 from .heatmap import SCALES, attention_heatmap, pooled_heatmap, zoom_window
 from .overview import head_grid, layer_head_map
-from .profiles import (basin_curves, grouped_bars, item_names, layer_curves, query_profile, received_bars,
+from .profiles import (basin_curves, basin_item_names, grouped_bars, layer_curves, query_profile, received_bars,
                        threshold_curve)
 from .variants import (difference_map, e2e_bars, fidelity_text, maps_side_by_side, pick_variant,
                        variant_difference_map)
@@ -16,6 +16,6 @@ from .variants import (difference_map, e2e_bars, fidelity_text, maps_side_by_sid
 __all__ = ["empty_figure", "escape_markup", "make_figure", "show_token", "token_label", "token_labels",
            "arc_diagram", "community_style", "head_similarity_graph",
            "SCALES", "attention_heatmap", "pooled_heatmap", "zoom_window", "head_grid",
-           "layer_head_map", "basin_curves", "grouped_bars", "item_names", "layer_curves", "query_profile",
+           "layer_head_map", "basin_curves", "basin_item_names", "grouped_bars", "layer_curves", "query_profile",
            "received_bars", "threshold_curve", "difference_map", "e2e_bars", "fidelity_text", "maps_side_by_side",
            "pick_variant", "variant_difference_map"]

@@ -160,7 +160,7 @@ def item_name(index: int, label: str) -> str:
     return f"item {index}: {rest}" if rest else f"item {index}"
 
 
-def item_names(items: Sequence[dict]) -> list[str]:
+def basin_item_names(items: Sequence[dict]) -> list[str]:
     """item_name of each basin item dict ({'index', 'label'}), made unique ('(2)' suffix on repeats)."""
     names, seen = [], {}
     for k, it in enumerate(items):
@@ -181,7 +181,7 @@ def basin_curves(per_layer: np.ndarray, *, item_names: Optional[Sequence[str]] =
     L, n = p.shape
     x = np.arange(n)
     if items is not None:
-        names = globals()["item_names"](items)
+        names = basin_item_names(items)
         full = [" ".join(str(it.get("label", "")).split()) for it in items]
     else:
         names = [str(v) for v in (item_names if item_names is not None else [f"item {k}" for k in range(n)])]
