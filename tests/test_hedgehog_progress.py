@@ -61,6 +61,10 @@ def test_estimate_is_setup_plus_steps_times_first_step(calls):
     assert est.per_layer_s == pytest.approx(est.setup_s + 3 * est.step_s)
     assert est.setup_s + est.step_s <= fit.seconds                            # measured inside this fit
     assert est.total_s(30) == pytest.approx(30 * est.per_layer_s)
+    msgs = []                                   # no on_estimate: the estimate is the first progress message
+    HH.fit_hedgehog(calls[1], steps=6, rows=16, budget_s=0, use_cache=False, progress=lambda f, m: msgs.append(m))
+    assert msgs[0].startswith("Hedgehog: about") and "(layer 3)" in msgs[0]
+    assert all(m.startswith("Hedgehog layer 3: step") for m in msgs[1:]) and len(msgs) == 3
     capped = HH.FitEstimate(layer=0, setup_s=1.0, step_s=2.0, steps=100, budget_s=45.0)
     assert capped.per_layer_s == 46.0 and "capped by the time budget" in capped.message(2)
 

@@ -166,7 +166,8 @@ def fit_hedgehog(call, steps: int = 100, lr: float = 0.02, mse_weight: float = 1
                  use_cache: bool = True, on_estimate: Optional[Callable[[FitEstimate], None]] = None) -> HedgehogFit:
     """Fit the per-head feature maps of one layer on its captured q/k/v (see the module docstring).
     progress(frac, message) is called every few steps; cancel() -> True aborts (raises Cancelled).
-    on_estimate(FitEstimate) is called once, after the first step (timed), before the rest of the fit.
+    on_estimate(FitEstimate) is called once, after the first step (timed), before the rest of the fit;
+    without it the estimate goes to progress.
     budget_s <= 0: no time limit. Parameters past CAPS raise InputError."""
     check_caps(steps, tokens, rows, budget_s)
     n = min(call.q.shape[2], call.k.shape[2], tokens)
@@ -209,9 +210,9 @@ def fit_hedgehog(call, steps: int = 100, lr: float = 0.02, mse_weight: float = 1
                 if i == 0:
                     est = FitEstimate(layer=call.layer, setup_s=setup_s,
                                       step_s=time.perf_counter() - t0 - setup_s, steps=steps, budget_s=budget_s)
-                    if on_estimate is not None:
+                    if on_estimate is not None:          # the caller reports it (for all its layers)
                         on_estimate(est)
-                    if progress is not None:
+                    elif progress is not None:
                         progress(1 / steps, f"{est.message()} (layer {call.layer})")
                 if progress is not None and (i % 5 == 4 or i == steps - 1):
                     progress((i + 1) / steps, f"Hedgehog layer {call.layer}: step {i + 1}/{steps}, "
