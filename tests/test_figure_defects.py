@@ -249,6 +249,18 @@ def test_tables_get_plain_text():
     """Tables and CSV show tokens as text (Dash escapes HTML itself): no entities there."""
     assert F.show_token("<b>x</b>") == "<b>x</b>" and F.token_label(3, "&") == "(3)&"
     assert F.escape_markup("<a href='y'>&") == "&lt;a href='y'&gt;&amp;"
+    from visapp.figures.common import plain_text
+    for t in MARKUP_TOKENS + ["&lt;", "&amp;amp;", "a > b & c"]:
+        assert plain_text(F.escape_markup(t)) == t                                  # exact inverse
+
+
+def test_data_tables_read_plain_text_back_from_figures():
+    from visapp import figure_registry as reg
+    lab = F.token_labels(MARKUP_TOKENS)
+    t = reg.heatmap_tables(F.attention_heatmap(causal_map(len(lab)), lab, lab))["matrix"]
+    assert t.columns[1:] == lab and [r[0] for r in t.rows] == lab
+    bars = reg.trace_tables(F.grouped_bars(MARKUP_TOKENS[:2], {"a < b": [1.0, 2.0]}, ylabel="x & y"))["data"]
+    assert bars.columns == ["x", "a < b"] and [r[0] for r in bars.rows] == MARKUP_TOKENS[:2]
 
 
 # ---------------------------------------------------------------- rendered: labels plotly would hide

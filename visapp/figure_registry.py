@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from compute.errors import InputError
 
 from . import service as _service
+from .figures.common import plain_text
 from .templates import SCREEN
 from .urlstate import METRICS, SCALES
 from .views import basin, entropy, generate, graphs, head, overview, sinks, variants
@@ -144,9 +145,12 @@ def _json_scalar(v):
 
 
 def py(v):
-    """numpy scalar / None / NaN -> plain Python (NaN -> None)."""
+    """numpy scalar / None / NaN -> plain Python (NaN -> None); text read back from a figure -> plain
+    text (figures escape user text for plotly, a table holds it as typed)."""
     if v is None:
         return None
+    if isinstance(v, str):
+        return plain_text(v)
     if isinstance(v, (np.generic,)):
         v = v.item()
     if isinstance(v, float) and not np.isfinite(v):
@@ -172,7 +176,7 @@ def _axis_title(fig: go.Figure, axis: str, default: str) -> str:
         t = fig.layout[axis].title.text
     except (KeyError, AttributeError):
         t = None
-    return t or default
+    return py(t) or default
 
 
 def _heatmap_values(tr) -> np.ndarray:
@@ -205,7 +209,7 @@ def heatmap_tables(fig: go.Figure, names: Optional[Sequence[str]] = None, corner
         return {"matrix": matrix_table(z, parts[0][1], sum((p[2] for p in parts), []), corner)}
     out = {}
     for i, (z, ys, xs) in enumerate(parts):
-        name = (names[i] if names and i < len(names) else None) or hms[i].name or (
+        name = (names[i] if names and i < len(names) else None) or py(hms[i].name) or (
             "matrix" if len(parts) == 1 else f"panel{i + 1}")
         out[_safe(name)] = matrix_table(z, ys, xs, corner)
     return out
@@ -236,8 +240,8 @@ def trace_tables(fig: go.Figure) -> dict[str, Table]:
         labels = None
         cd = tr.customdata
         if cd is not None and np.ndim(cd) == 1 and len(cd) == len(x) and all(isinstance(c, str) for c in cd):
-            labels = list(cd)
-        series.append((tr.name or f"series{i + 1}", x, y, labels))
+            labels = [py(c) for c in cd]
+        series.append((py(tr.name) or f"series{i + 1}", x, y, labels))
     if not series:
         return {}
     xt = _axis_title(fig, "xaxis", "x")
@@ -397,7 +401,7 @@ def _lh_tables(label):
             if isinstance(tr, go.Scatter) and tr.x is not None and tr.name and tr.name != "selected":
                 flagged |= {(int(y), int(x)) for x, y in zip(tr.x, tr.y) if x is not None}
         rows = [[l, h, py(float(z[l, h])), (l, h) in flagged] for l in range(z.shape[0]) for h in range(z.shape[1])]
-        flag = next((tr.name for tr in fig.data if isinstance(tr, go.Scatter) and tr.name), "flagged")
+        flag = next((py(tr.name) for tr in fig.data if isinstance(tr, go.Scatter) and tr.name), "flagged")
         return {"heads": Table(["layer", "head", label, f"flag: {flag}"], rows)}
     return tables
 

@@ -29,6 +29,11 @@ def escape_all(texts: Sequence) -> list[str]:
     return [escape_markup(t) for t in texts]
 
 
+def plain_text(text: str) -> str:
+    """The inverse of escape_markup, for text read back out of a figure (data tables, CSV)."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def show_token(tok: str) -> str:
     """A token as readable plain text (tables, CSV, labels; figures escape it): line breaks and tabs as
     ⏎ and ⇥, a token of spaces only as ␣ per space (a leading space on a word stays a space), long tokens
