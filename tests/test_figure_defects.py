@@ -120,6 +120,9 @@ def test_whitespace_tokens_have_visible_labels():
     assert ticks == ["The", "␣", "␣␣", "⏎", "⇥", " cat", "⏎", "∅"]
     assert all(t.strip() for t in ticks)
     assert list(fig.data[-1].customdata)[1] == "(1)␣"                        # hover keeps the position
+    # other invisible characters get a visible mark (a bidi override would also reorder the label)
+    assert [F.show_token(t) for t in ["\x00", "\x1b[1m", "\u202eab", "\ufeff", "\u200b", "x\x7f"]] == \
+        ["␀", "␛[1m", "◌ab", "◌", "◌", "x␡"]
 
 
 def test_token_graph_labels_tokens_past_94():

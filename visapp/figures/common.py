@@ -16,6 +16,12 @@ MAX_LABEL_CHARS = 14
 VISIBLE_WS = {"\r\n": "⏎", "\n": "⏎", "\r": "⏎", "\t": "⇥", " ": "␣", "\u00a0": "⍽"}
 _WS = re.compile("|".join(re.escape(k) for k in VISIBLE_WS))
 _MARKUP = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# Other invisible characters: C0 controls as their Control Pictures (␀ ␛ ...), DEL as ␡, format characters
+# (zero-width space, BOM, bidi overrides that would reorder a label) as ◌, lone surrogates as �.
+_CONTROLS = {c: 0x2400 + c for c in range(32)} | {0x7F: 0x2421}
+_FORMAT = re.compile(r"[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                     r"\u2066-\u206f\ufeff\ufff9-\ufffb]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def escape_markup(text) -> str:
@@ -36,8 +42,8 @@ def plain_text(text: str) -> str:
 
 def show_token(tok: str) -> str:
     """A token as readable plain text (tables, CSV, labels; figures escape it): line breaks and tabs as
-    ⏎ and ⇥, a token of spaces only as ␣ per space (a leading space on a word stays a space), long tokens
-    cut with '…', the empty token as '∅'."""
+    ⏎ and ⇥, a token of spaces only as ␣ per space (a leading space on a word stays a space), other
+    invisible characters as visible marks, long tokens cut with '…', the empty token as '∅'."""
     tok = str(tok)
     if not tok:
         return "∅"
@@ -45,6 +51,7 @@ def show_token(tok: str) -> str:
         t = tok.replace("\r\n", "⏎").replace("\r", "⏎").replace("\n", "⏎").replace("\t", "⇥")
     else:
         t = _WS.sub(lambda m: VISIBLE_WS[m.group(0)], tok)
+    t = _SURROGATE.sub("�", _FORMAT.sub("◌", t.translate(_CONTROLS)))
     if len(t) > MAX_LABEL_CHARS:
         t = t[:MAX_LABEL_CHARS - 1] + "…"
     return t
