@@ -203,6 +203,21 @@ def test_softmax_baseline_is_a_legend_entry_not_a_label_on_the_bars():
     assert not bars.layout.annotations and any((tr.name or "").startswith("softmax") for tr in bars.data)
 
 
+# ---------------------------------------------------------------- issue 12 item 9: token probabilities
+
+def test_generation_probabilities_figure():
+    steps = [{"token_id": 5, "token": " Paris", "prob": 0.61,
+              "top": [{"token_id": 5, "token": " Paris", "prob": 0.61}, {"token_id": 7, "token": " the", "prob": 0.2}]},
+             {"token_id": 9, "token": ".", "prob": 0.3,
+              "top": [{"token_id": 3, "token": "\n", "prob": 0.4}, {"token_id": 9, "token": ".", "prob": 0.3}]}]
+    fig = F.generation_probabilities(steps, start=6)
+    bars, alt = fig.data
+    assert list(bars.x) == [6, 7] and np.allclose(bars.y, [0.61, 0.3])
+    assert np.allclose(alt.y, [0.2, 0.4]) and list(alt.text) == [" the", "⏎"]       # best token not chosen
+    assert bars.customdata[0][0] == "(6) Paris" and " the: 0.200" in bars.customdata[0][1]
+    assert list(fig.layout.xaxis.ticktext) == [" Paris", "."] and fig.layout.yaxis.range == (0, 1.02)
+
+
 # ---------------------------------------------------------------- issue 15 item 6: user text is text
 
 def _toks():
@@ -234,6 +249,10 @@ FIGURES = {
     "diff": lambda t, n, lab, a, rng: F.difference_map(a, a, lab, name_a=t[1]),
     "e2e": lambda t, n, lab, a, rng: F.e2e_bars(t[:2], [1.0, 2.0], [0.5, 0.6], 1.5),
     "empty": lambda t, n, lab, a, rng: F.empty_figure(f"not available ({t[0]})"),
+    "generation": lambda t, n, lab, a, rng: F.generation_probabilities(
+        [{"token_id": k, "token": x, "prob": 0.5, "top": [{"token_id": k, "token": x, "prob": 0.5},
+                                                         {"token_id": -1, "token": t[1], "prob": 0.2}]}
+         for k, x in enumerate(t)]),
 }
 
 

@@ -91,3 +91,10 @@ def test_pure_parts_import_without_torch():
     code = "import sys, compute.generate; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+
+
+def test_probabilities_figure_from_a_real_generation(gen):
+    from visapp.figures import generation_probabilities
+    fig = generation_probabilities(gen.steps, start=gen.prompt_tokens)
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, float), [s["prob"] for s in gen.steps], rtol=1e-6)
+    assert list(fig.data[0].x) == list(range(gen.prompt_tokens, gen.prompt_tokens + gen.new_tokens))

@@ -5,6 +5,7 @@ path renders exactly the figures the app shows. Builders take user text (tokens,
 as plain text and escape plotly's markup once (common.escape_markup).
 """
 from .common import empty_figure, escape_markup, make_figure, show_token, token_label, token_labels
+from .generation import generation_probabilities
 from .graphs import arc_diagram, community_style, head_similarity_graph
 from .heatmap import SCALES, attention_heatmap, pooled_heatmap, zoom_window
 from .overview import head_grid, layer_head_map
@@ -14,7 +15,7 @@ from .variants import (difference_map, e2e_bars, fidelity_text, maps_side_by_sid
                        variant_difference_map)
 
 __all__ = ["empty_figure", "escape_markup", "make_figure", "show_token", "token_label", "token_labels",
-           "arc_diagram", "community_style", "head_similarity_graph",
+           "generation_probabilities", "arc_diagram", "community_style", "head_similarity_graph",
            "SCALES", "attention_heatmap", "pooled_heatmap", "zoom_window", "head_grid",
            "layer_head_map", "basin_curves", "basin_item_names", "grouped_bars", "layer_curves", "query_profile",
            "received_bars", "threshold_curve", "difference_map", "e2e_bars", "fidelity_text", "maps_side_by_side",
