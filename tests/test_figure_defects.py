@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from visapp import figures as F
-from visapp.figures import graphs, heatmap, overview, profiles, variants
+from visapp.figures import graphs
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 MARKUP_TOKENS = ["<b>x</b>", "<a href='y'>", "&", " cat", " ", "\n", "<i>"]
@@ -241,8 +241,8 @@ FIGURES = {
     "bars": lambda t, n, lab, a, rng: F.grouped_bars(t, {t[0]: rng.random(n)}, ylabel="x", baseline=0.1,
                                                      baseline_name=t[1]),
     "layers": lambda t, n, lab, a, rng: F.layer_curves({t[0]: rng.random(4)}, ylabel="x", title=t[1]),
-    "grid": lambda t, n, lab, a, rng: F.head_grid(rng.random((2, 2)), metric=t[0], roles=[[t[0], t[1]], ["sink", "local"]],
-                                                  hover={t[1]: rng.random((2, 2))}),
+    "grid": lambda t, n, lab, a, rng: F.head_grid(rng.random((2, 2)), metric=t[0], hover={t[1]: rng.random((2, 2))},
+                                                  roles=[[t[0], t[1]], ["sink", "local"]]),
     "lh map": lambda t, n, lab, a, rng: F.layer_head_map(rng.random((2, 2)), label=t[0], flags=np.eye(2, dtype=bool),
                                                          flag_name=t[1]),
     "maps": lambda t, n, lab, a, rng: F.maps_side_by_side({"softmax": a, t[0]: a}, lab),

@@ -134,4 +134,5 @@ def fidelity_text(head_value: Optional[float], mean_value: Optional[float], metr
     not apply to this variant family ('n/a: ...'); never blank."""
     if head_value is None and mean_value is None:
         return MISSING_REASONS.get((metric, family or ""), "n/a: not computed for this variant")
-    return ("–" if head_value is None else f"{head_value:.4g}") + ("" if mean_value is None else f" ({mean_value:.3g})")
+    head = "–" if head_value is None else f"{head_value:.4g}"
+    return head + ("" if mean_value is None else f" ({mean_value:.3g})")
