@@ -277,7 +277,7 @@ def test_tables_get_plain_text():
 
 
 def test_data_tables_read_plain_text_back_from_figures():
-    from visapp import figure_registry as reg
+    from visapp.export import tables as reg
     lab = F.token_labels(MARKUP_TOKENS)
     t = reg.heatmap_tables(F.attention_heatmap(causal_map(len(lab)), lab, lab))["matrix"]
     assert t.columns[1:] == lab and [r[0] for r in t.rows] == lab
