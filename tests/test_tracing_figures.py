@@ -3,7 +3,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from compute.tracing.rollout import residual_mix, rollout_by_layer, rollout_edges
+from compute.tracing.rollout import rollout_by_layer, rollout_edges
 from visapp.figures import model_view as MV
 from visapp.figures import tracing as T
 from visapp.figures.heatmap import LOG_FLOOR
@@ -74,13 +74,12 @@ def test_merge_blocks_keeps_partial_last_block_exact():
 def test_tracing_figures_escape_tokens_and_validate():
     toks = ["<b>", "&amp", " x", "\n", " "]
     maps = causal_maps(3, 1, 5)[:, 0]
-    mixed = residual_mix(maps)
-    by = rollout_by_layer(mixed, 4)
+    by = rollout_by_layer(maps, 4)
     fig = valid(T.rollout_bars(toks, by[0], [0.5] * 5, position=4))
     assert list(fig.data[0].x)[:2] == ["(0)&lt;b&gt;", "(1)&amp;amp"] and "heuristic" in fig.layout.title.text
     fig = valid(T.rollout_bars(toks, by[0], None, position=4, flow_note="too long"))
     assert len(fig.data) == 1 and fig.layout.annotations[0].text == "too long"
-    g = valid(T.layer_token_graph(toks, by, rollout_edges(mixed, by), position=4))
+    g = valid(T.layer_token_graph(toks, by, rollout_edges(maps, by), position=4))
     nodes = g.data[-1]
     assert len(nodes.x) == 4 * 5 and nodes.customdata[0][2] == "&lt;b&gt;"
     recs = [{"layer": l, "top": [{"token": "<i>", "prob": 0.6}, {"token": " ", "prob": 0.3}],

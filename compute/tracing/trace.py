@@ -20,7 +20,7 @@ from .flow import FLOW_MAX_TOKENS, attention_flow, flow_limit_reason
 from .forward import DENSE_MAX_TOKENS, decoder_parts, run_forward
 from .logit_lens import TOP_K, logit_lens, token_text
 from .neuron import neuron_view
-from .rollout import residual_mix, rollout_by_layer, rollout_edges
+from .rollout import rollout_by_layer, rollout_edges
 
 MAX_POSITION_TOKENS = 8192       # the engine's own default limit (AnalysisOptions.max_tokens)
 DECOMPOSITION_RTOL = 1e-3        # contributions are dropped (with the reason) if they do not sum to the logit
@@ -78,13 +78,12 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
                                      f"position {P} sees; it is computed up to {DENSE_MAX_TOKENS}")
         out["omitted"]["flow"] = out["omitted"]["rollout"]
     else:
-        mixed = residual_mix(ft.mean_maps)
-        by_layer = rollout_by_layer(mixed, P)
+        by_layer = rollout_by_layer(ft.mean_maps, P)
         out.update(rollout=by_layer[0].tolist(), rollout_by_layer=by_layer.tolist(),
-                   rollout_edges=rollout_edges(mixed, by_layer))
+                   rollout_edges=rollout_edges(ft.mean_maps, by_layer))
         reason = flow_limit_reason(ft.n_keys, flow_max_tokens)
         if reason is None:
-            out["flow"] = attention_flow(mixed, P, flow_max_tokens, check=lambda: check_cancel(cancel)).tolist()
+            out["flow"] = attention_flow(ft.mean_maps, P, flow_max_tokens, check=lambda: check_cancel(cancel)).tolist()
         else:
             out["omitted"]["flow"] = reason
     out["head_rows"] = np.round(ft.head_rows, 6).tolist() if ft.n_keys <= DENSE_MAX_TOKENS else None
