@@ -45,12 +45,12 @@ def parse_neuron(spec):
 
 def run(args) -> int:
     from .engine import validate_text
+    from .tracing.flow import check_flow_limit
     from .tracing.trace import trace_text
 
     if not 1 <= args.top_k <= 1000:
         raise InputError("--top-k must be between 1 and 1000")
-    if not 1 <= args.flow_max_tokens <= 256:
-        raise InputError("--flow-max-tokens must be between 1 and 256 (flow is cubic in the length)")
+    check_flow_limit(args.flow_max_tokens)                 # before loading the model
     neuron = parse_neuron(args.neuron)
     text = validate_text(get_text(args))
     lm = load_for_cli(args)

@@ -44,6 +44,7 @@ def test_trace_json_fields(tmp_path):
     (["--text", "hi", "--neuron", "x"], "expected LAYER.HEAD.KEY"),
     (["--text", "hi", "--model", "no-such-model"], "unknown model"),
     (["--text", "hello world", "--position", "50"], "outside the text"),
+    (["--text", "hi", "--flow-max-tokens", "500"], "between 1 and 64"),
 ])
 def test_errors_are_one_line(tmp_path, args, message):
     r = run_cli(*args, "--out", tmp_path)

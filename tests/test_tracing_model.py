@@ -169,3 +169,29 @@ def test_bad_positions_and_long_flow(smollm):
     tr = trace_text(smollm, "one two three four five six", flow_max_tokens=3)
     assert "flow" not in tr and "3 tokens" in tr["omitted"]["flow"]
     assert len(tr["rollout"]) == len(tr["tokens"])
+
+
+def test_concurrent_forward_on_the_shared_model_does_not_leak_in(smollm, traced):
+    """Module hooks are global to the cached model: another thread's forward while a trace runs must not
+    write into the trace (the app serves several requests per process)."""
+    import threading
+
+    from compute.engine import capture
+    ids, _, _ = traced
+    P = len(ids) - 1
+    clean = run_forward(smollm, ids, P)
+    other = tokenize(smollm, "Completely different words appear here, in a longer sentence than that.", 64)
+    fired = []
+
+    def meddle():
+        if not fired:
+            fired.append(1)
+            t = threading.Thread(target=lambda: capture(smollm, torch.tensor([other]), layers=set()))
+            t.start()
+            t.join()
+        return False
+
+    mixed = run_forward(smollm, ids, P, cancel=meddle)
+    assert fired
+    for name in ("hidden", "head_out", "mlp_out", "embed", "q_pre", "k_pre"):
+        np.testing.assert_array_equal(getattr(mixed, name), getattr(clean, name), err_msg=name)

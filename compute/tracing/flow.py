@@ -15,9 +15,18 @@ import networkx as nx
 import numpy as np
 from networkx.algorithms.flow import build_residual_network, preflow_push
 
+from ..errors import InputError
 from .rollout import residual_mix
 
-FLOW_MAX_TOKENS = 32
+FLOW_MAX_TOKENS = 32          # default limit
+FLOW_CEILING_TOKENS = 64      # no caller may raise the limit past this (15-40 s on SmolLM2)
+
+
+def check_flow_limit(limit: int) -> int:
+    if not 1 <= limit <= FLOW_CEILING_TOKENS:
+        raise InputError(f"the flow limit must be between 1 and {FLOW_CEILING_TOKENS} tokens (flow's cost grows "
+                         "with the cube of the length)")
+    return limit
 
 
 def flow_limit_reason(n_keys: int, limit: int = FLOW_MAX_TOKENS) -> Optional[str]:

@@ -15,6 +15,7 @@ The model's output is unchanged: hooks only read.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -28,6 +29,9 @@ from ..errors import InputError, UserError
 from ..models import LoadedModel
 
 DENSE_MAX_TOKENS = 1024      # rollout, flow's input and the neuron view's keys: L x n x n floats at most
+# Module hooks are global to the (shared, cached) model: they act only inside the forward that set them,
+# so a concurrent analysis on the same model in another thread never writes into this trace.
+_ACTIVE: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("attnvis_trace", default=None)
 
 
 @dataclass
@@ -127,28 +131,36 @@ def run_forward(lm: LoadedModel, ids: list[int], position: int, *, dense: bool =
             def at_p(t):
                 return _first(t)[0, P].detach().float().cpu().numpy()
 
+            def keep(name, li, fn):
+                """A hook storing fn(hook args) under store[name][li], only in this trace's forward."""
+                def hook(module, *args):
+                    if _ACTIVE.get() is store:
+                        store[name][li] = fn(*args)
+                return hook
+
             def pre_layer0(module, args, kwargs):
-                hs = args[0] if args else kwargs["hidden_states"]
-                store["embed"] = at_p(hs)
+                if _ACTIVE.get() is store:
+                    store["embed"] = at_p(args[0] if args else kwargs["hidden_states"])
 
             handles.append(layers[0].register_forward_pre_hook(pre_layer0, with_kwargs=True))
             for li, layer in enumerate(layers):
                 attn = layer.self_attn
-                handles.append(layer.register_forward_hook(
-                    lambda m, a, o, li=li: store["hidden"].__setitem__(li, at_p(o))))
+                handles.append(layer.register_forward_hook(keep("hidden", li, lambda a, o: at_p(o))))
                 handles.append(attn.o_proj.register_forward_pre_hook(
-                    lambda m, a, li=li: store["head_out"].__setitem__(li, at_p(a).reshape(H, -1))))
-                handles.append(layer.mlp.register_forward_hook(
-                    lambda m, a, o, li=li: store["mlp_out"].__setitem__(li, at_p(o))))
+                    keep("head_out", li, lambda a: at_p(a).reshape(H, -1))))
+                handles.append(layer.mlp.register_forward_hook(keep("mlp_out", li, lambda a, o: at_p(o))))
                 if dense and hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
                     d = attn.head_dim
-                    handles.append(attn.q_proj.register_forward_hook(
-                        lambda m, a, o, li=li, d=d: store["q_pre"].__setitem__(
-                            li, o[0, P].detach().float().cpu().view(-1, d).numpy())))
-                    handles.append(attn.k_proj.register_forward_hook(
-                        lambda m, a, o, li=li, d=d: store["k_pre"].__setitem__(
-                            li, o[0, :n].detach().float().cpu().view(n, -1, d).transpose(0, 1).numpy())))
-        capture(lm, torch.tensor([list(ids)]), layers=set(), output_hook=on_attention)
+                    handles.append(attn.q_proj.register_forward_hook(keep(
+                        "q_pre", li, lambda a, o, d=d: o[0, P].detach().float().cpu().view(-1, d).numpy())))
+                    handles.append(attn.k_proj.register_forward_hook(keep(
+                        "k_pre", li, lambda a, o, d=d: o[0, :n].detach().float().cpu().view(n, -1, d)
+                        .transpose(0, 1).numpy())))
+        token = _ACTIVE.set(store)
+        try:
+            capture(lm, torch.tensor([list(ids)]), layers=set(), output_hook=on_attention)
+        finally:
+            _ACTIVE.reset(token)
     finally:
         for h in handles:
             h.remove()

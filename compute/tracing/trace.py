@@ -16,7 +16,7 @@ from ..engine import token_strings, tokenize
 from ..errors import InputError
 from ..models import LoadedModel
 from .contributions import head_contributions
-from .flow import FLOW_MAX_TOKENS, attention_flow, flow_limit_reason
+from .flow import FLOW_MAX_TOKENS, attention_flow, check_flow_limit, flow_limit_reason
 from .forward import DENSE_MAX_TOKENS, decoder_parts, run_forward
 from .logit_lens import TOP_K, logit_lens, token_text
 from .neuron import neuron_view
@@ -42,6 +42,7 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
     if not ids:
         raise InputError("the text gives no tokens")
     P = resolve_position(position, len(ids))
+    check_flow_limit(flow_max_tokens)
     t0 = time.perf_counter()
     ft = run_forward(lm, ids, P, cancel=cancel)
     t1 = time.perf_counter()
