@@ -7,7 +7,6 @@ import torch
 from compute.engine import AnalysisOptions, analyze_text, tokenize
 from compute.tracing.contributions import head_contributions
 from compute.tracing.forward import run_forward
-from compute.tracing.neuron import neuron_view
 from compute.tracing.trace import build_trace, trace_text
 
 TEXT = "The capital of France is Paris. The capital of Germany is"

@@ -19,6 +19,7 @@ import torch
 from ..errors import UserError
 from ..models import LoadedModel
 from .forward import ForwardTrace, decoder_parts
+from .logit_lens import lens_logits
 
 
 def norm_factors(norm, x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
@@ -67,7 +68,6 @@ def head_contributions(lm: LoadedModel, ft: ForwardTrace, token_id: int) -> dict
     b = float(head.bias[token_id]) if getattr(head, "bias", None) is not None else 0.0
     unembedding_bias = float(shift @ u) + b
     rest = embedding + attn_bias.sum() + mlp.sum() + unembedding_bias
-    from .logit_lens import lens_logits
     logit = float(lens_logits(lm, ft.hidden[-1:])[0, token_id])
     return {"contributions": heads.tolist(), "contribution_rest": float(rest), "logit": logit,
             "parts": {"embedding": embedding, "attention_bias": attn_bias.tolist(), "mlp": mlp.tolist(),

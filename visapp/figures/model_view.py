@@ -45,7 +45,8 @@ def merge_blocks(pooled: np.ndarray, sizes: np.ndarray, max_cells: int) -> tuple
 
 
 def panel_maps(*, maps: Optional[np.ndarray] = None, pooled: Optional[np.ndarray] = None, pool: int = 1,
-               n_tokens: int = 0, causal: bool = True, max_cells: int = MAX_PANEL_CELLS) -> tuple[np.ndarray, np.ndarray]:
+               n_tokens: int = 0, causal: bool = True,
+               max_cells: int = MAX_PANEL_CELLS) -> tuple[np.ndarray, np.ndarray]:
     """[L, H, m, m] panels (m <= max_cells) and the [m + 1] token boundaries of their cells. Full maps
     when given and small enough, else pooled block means merged. Causal: cells wholly above the diagonal NaN."""
     if maps is not None and maps.shape[-1] <= max_cells:

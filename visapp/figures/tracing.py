@@ -83,7 +83,8 @@ def layer_token_graph(tokens: Sequence[str], by_layer: np.ndarray, edges: Sequen
     sizes = 4 + 14 * np.sqrt(v / vmax)
     names = [show_token(t) for t in tokens[:n]]
     custom = [[int(a), int(b), names[b], float(c)] for a, b, c in zip(layer.ravel(), tok.ravel(), v.ravel())]
-    traces.append(dict(type="scatter", x=tok.ravel(), y=layer.ravel(), mode="markers", customdata=custom, showlegend=False,
+    traces.append(dict(type="scatter", x=tok.ravel(), y=layer.ravel(), mode="markers", customdata=custom,
+                       showlegend=False,
                        marker=dict(size=f32(sizes.ravel()), color=f32(np.log10(np.maximum(v.ravel(), 1e-6))),
                                    colorscale=colorscale, cmin=-6, cmax=0, line=dict(width=0.4, color="#333"),
                                    colorbar=dict(title=dict(text="share (log)", side="right"), tickvals=[-6, -4, -2, 0],
@@ -162,15 +163,16 @@ def neuron_bars(nv: dict, *, template: str = SCREEN) -> go.Figure:
             ax = "" if n == 1 else str(n)
             v = f32(nv[key])
             traces.append(dict(type="bar", x=np.arange(len(v)), y=v, xaxis=f"x{ax}", yaxis=f"y{ax}", showlegend=False,
-                               marker=dict(color=colour), hovertemplate=f"dim %{{x}}<br>{label} = %{{y:.4g}}<extra></extra>"))
+                               marker=dict(color=colour),
+                               hovertemplate=f"dim %{{x}}<br>{label} = %{{y:.4g}}<extra></extra>"))
             layout[f"xaxis{ax}"] = dict(domain=[c * w + 0.04, (c + 1) * w - 0.02], anchor=f"y{ax}",
                                         showticklabels=r == 2, title=dict(text="dimension" if r == 2 else ""))
             layout[f"yaxis{ax}"] = dict(domain=dom_y[r], anchor=f"x{ax}", title=dict(text=label if c == 0 else ""))
         layout.setdefault("annotations", []).append(dict(
             text=f"<b>{name}</b>: Σ = {nv['dot_pre' if c == 0 and len(cols) == 2 else 'dot']:.3f}",
             x=(c + 0.5) * w, y=1.05, xref="paper", yref="paper", showarrow=False, xanchor="center"))
-    layout.update(title=dict(text=f"layer {nv['layer']} head {nv['head']} (key head {nv['kv_head']}): query {nv['query']}"
-                                  f" → key {nv['key']}<br><sup>logit = Σ(q·k after RoPE) × {nv['scale']:.3g} = "
+    layout.update(title=dict(text=f"layer {nv['layer']} head {nv['head']} (key head {nv['kv_head']}): "
+                                  f"query {nv['query']} → key {nv['key']}<br><sup>logit = Σ(q·k after RoPE) × {nv['scale']:.3g} = "
                                   f"{nv['logit']:.3f}; softmax over the row → a = {nv['prob']:.4g}</sup>"),
                   height=580, bargap=0.1, margin=dict(t=100))
     return make_figure(traces, layout, template)
