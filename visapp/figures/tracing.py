@@ -150,13 +150,13 @@ def contributions_map(contributions: Sequence[Sequence[float]], *, rest: float, 
 def neuron_bars(nv: dict, *, template: str = SCREEN) -> go.Figure:
     """Neuron view of one (query, key) pair of one head: q, k and q*k per dimension after the model's position
     encoding (right) and before it (left, when the model separates them)."""
-    cols = [("after RoPE", "q", "k", "product")]
+    cols = [("after RoPE", "q", "k", "product", "dot")]
     if "q_pre" in nv:
-        cols.insert(0, ("before RoPE", "q_pre", "k_pre", "product_pre"))
+        cols.insert(0, ("before RoPE", "q_pre", "k_pre", "product_pre", "dot_pre"))
     dom_y = _sub_axes(3, 0.07)
     w = 1.0 / len(cols)
     traces, layout, n = [], {}, 0
-    for c, (name, qk, kk, pk) in enumerate(cols):
+    for c, (name, qk, kk, pk, dot) in enumerate(cols):
         for r, (key, label, colour) in enumerate(((qk, "q", OKABE_ITO[4]), (kk, "k", OKABE_ITO[0]),
                                                   (pk, "q·k per dim", OKABE_ITO[5]))):
             n += 1
@@ -169,10 +169,11 @@ def neuron_bars(nv: dict, *, template: str = SCREEN) -> go.Figure:
                                         showticklabels=r == 2, title=dict(text="dimension" if r == 2 else ""))
             layout[f"yaxis{ax}"] = dict(domain=dom_y[r], anchor=f"x{ax}", title=dict(text=label if c == 0 else ""))
         layout.setdefault("annotations", []).append(dict(
-            text=f"<b>{name}</b>: Σ = {nv['dot_pre' if c == 0 and len(cols) == 2 else 'dot']:.3f}",
+            text=f"<b>{name}</b>: Σ = {nv[dot]:.3f}",
             x=(c + 0.5) * w, y=1.05, xref="paper", yref="paper", showarrow=False, xanchor="center"))
     layout.update(title=dict(text=f"layer {nv['layer']} head {nv['head']} (key head {nv['kv_head']}): "
-                                  f"query {nv['query']} → key {nv['key']}<br><sup>logit = Σ(q·k after RoPE) × {nv['scale']:.3g} = "
-                                  f"{nv['logit']:.3f}; softmax over the row → a = {nv['prob']:.4g}</sup>"),
+                                  f"query {nv['query']} → key {nv['key']}<br><sup>logit = Σ(q·k after RoPE) × "
+                                  f"{nv['scale']:.3g} = {nv['logit']:.3f}; softmax over the row → a = {nv['prob']:.4g}"
+                                  "</sup>"),
                   height=580, bargap=0.1, margin=dict(t=100))
     return make_figure(traces, layout, template)
