@@ -96,7 +96,7 @@ def model_view(*, maps: Optional[np.ndarray] = None, pooled: Optional[np.ndarray
         shapes.append(dict(type="rect", x0=sh * step - 0.7, x1=sh * step + m - 0.3, y0=sl * step - 0.7,
                            y1=sl * step + m - 0.3, line=dict(color="#d00", width=2)))
     cell = "token" if edges[-1] == len(edges) - 1 else f"block of ~{int(np.ceil(edges[-1] / m))} tokens"
-    axis = dict(showgrid=False, zeroline=False, ticks="")
+    axis = dict(showgrid=False, zeroline=False, ticks="", fixedrange=True)    # a grid to click, not to zoom
     layout = dict(
         title=dict(text=title or f"every head's attention (columns: heads; log scale; one cell = one {cell})",
                    y=0.995, yanchor="top"),

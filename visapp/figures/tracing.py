@@ -173,7 +173,8 @@ def neuron_bars(nv: dict, *, template: str = SCREEN) -> go.Figure:
             x=(c + 0.5) * w, y=1.05, xref="paper", yref="paper", showarrow=False, xanchor="center"))
     layout.update(title=dict(text=f"layer {nv['layer']} head {nv['head']} (key head {nv['kv_head']}): "
                                   f"query {nv['query']} → key {nv['key']}<br><sup>logit = Σ(q·k after RoPE) × "
-                                  f"{nv['scale']:.3g} = {nv['logit']:.3f}; softmax over the row → a = {nv['prob']:.4g}"
+                                  f"{nv['scale']:.3g} = {nv['logit']:.3f}; softmax over the row → a = "
+                                  f"{nv['prob']:.4g}"
                                   "</sup>"),
                   height=580, bargap=0.1, margin=dict(t=100))
     return make_figure(traces, layout, template)
