@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import add_model_args, get_text, load_for_cli
+from .cli import ProgressBar, add_model_args, get_text, load_for_cli
 from .errors import InputError, UserError
 
 
@@ -28,6 +28,7 @@ def register(sub) -> None:
                    help="also write the neuron view of query P and key KEY in head LAYER.HEAD")
     p.add_argument("--max-tokens", type=int, default=MAX_POSITION_TOKENS,
                    help=f"refuse longer texts (default {MAX_POSITION_TOKENS})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -44,9 +45,9 @@ def parse_neuron(spec):
 
 
 def run(args) -> int:
-    from .engine import validate_text
+    from .engine import tokenize, validate_text
     from .tracing.flow import check_flow_limit
-    from .tracing.trace import trace_text
+    from .tracing.trace import build_trace, resolve_position
 
     if not 1 <= args.top_k <= 1000:
         raise InputError("--top-k must be between 1 and 1000")
@@ -54,8 +55,11 @@ def run(args) -> int:
     neuron = parse_neuron(args.neuron)
     text = validate_text(get_text(args))
     lm = load_for_cli(args)
-    tr = trace_text(lm, text, args.position, max_tokens=args.max_tokens, top_k=args.top_k,
-                    flow_max_tokens=args.flow_max_tokens, neuron=neuron)
+    ids = tokenize(lm, text, args.max_tokens)
+    position = resolve_position(args.position, len(ids))        # input errors before the progress bar
+    with ProgressBar("trace", args.quiet) as progress:
+        tr = build_trace(lm, ids, position, top_k=args.top_k, flow_max_tokens=args.flow_max_tokens,
+                         neuron=neuron, progress=progress)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -165,9 +165,18 @@ def test_bad_positions_and_long_flow(smollm):
         trace_text(smollm, "a short text", position=99)
     with pytest.raises(InputError, match="outside the text"):
         trace_text(smollm, "a short text", position=-1)
-    tr = trace_text(smollm, "one two three four five six", flow_max_tokens=3)
+    seen = []
+    tr = trace_text(smollm, "one two three four five six", flow_max_tokens=3, progress=lambda f, m: seen.append(f))
     assert "flow" not in tr and "3 tokens" in tr["omitted"]["flow"]
     assert len(tr["rollout"]) == len(tr["tokens"])
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == smollm.info.n_layers + 1
+    with pytest.raises(InputError, match="not visible"):
+        trace_text(smollm, "one two three", position=1, neuron=(0, 0, 2))
+    with pytest.raises(InputError, match="no head 30.0"):
+        trace_text(smollm, "one two three", neuron=(30, 0, 0))
+    from compute.errors import Cancelled
+    with pytest.raises(Cancelled):
+        trace_text(smollm, "one two three four five six", cancel=lambda: True)
 
 
 def test_concurrent_forward_on_the_shared_model_does_not_leak_in(smollm, traced):

@@ -86,9 +86,10 @@ def _first(x):
 
 
 def run_forward(lm: LoadedModel, ids: list[int], position: int, *, dense: bool = True,
-                mem_budget_mb: int = 256, cancel: Optional[Callable[[], bool]] = None) -> ForwardTrace:
+                mem_budget_mb: int = 256, cancel: Optional[Callable[[], bool]] = None,
+                on_layer: Optional[Callable[[int], None]] = None) -> ForwardTrace:
     """One forward of `ids` collecting the trace of `position` (see the module docstring).
-    dense=False skips the head-mean maps and keys (rollout, flow, neuron view)."""
+    dense=False skips the head-mean maps and keys (rollout, flow, neuron view); on_layer(l) after each layer."""
     n_all = len(ids)
     if not 0 <= position < n_all:
         raise InputError(f"position {position} is outside the text (0..{n_all - 1})")
@@ -120,6 +121,8 @@ def run_forward(lm: LoadedModel, ids: list[int], position: int, *, dense: bool =
         if dense:
             store["q"][layer] = call.q[0, :, P].float().cpu().numpy()
             store["k"][layer] = call.k[0, :, :n].float().cpu().numpy()
+        if on_layer is not None:
+            on_layer(layer)
         return None
 
     handles = []

@@ -18,16 +18,20 @@ def _softmax(s: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def check_neuron(layer: int, head: int, key: int, n_layers: int, n_heads: int, n_keys: int, position: int) -> None:
+    """InputError unless head (layer, head) exists and position sees key (n_keys keys)."""
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise InputError(f"no head {layer}.{head}: the model has {n_layers} layers x {n_heads} heads")
+    if not 0 <= key < n_keys:
+        raise InputError(f"key {key} is not visible from position {position} (keys 0..{n_keys - 1})")
+
+
 def neuron_view(ft: ForwardTrace, layer: int, head: int, key: int) -> dict:
     if ft.q is None:
         raise InputError(f"the neuron view keeps q and k only up to {DENSE_MAX_TOKENS} visible keys; "
                          f"position {ft.position} sees {ft.n_keys}")
     L, H, _ = ft.q.shape
-    if not (0 <= layer < L and 0 <= head < H):
-        raise InputError(f"no head {layer}.{head}: the model has {L} layers x {H} heads")
-    n = ft.k.shape[2]
-    if not 0 <= key < n:
-        raise InputError(f"key {key} is not visible from position {ft.position} (keys 0..{n - 1})")
+    check_neuron(layer, head, key, L, H, ft.k.shape[2], ft.position)
     kv_head = head // (H // ft.k.shape[1])
     scale = float(ft.scale[layer])
     q = ft.q[layer, head].astype(np.float64)

@@ -19,7 +19,7 @@ from .contributions import head_contributions
 from .flow import FLOW_MAX_TOKENS, attention_flow, check_flow_limit, flow_limit_reason
 from .forward import DENSE_MAX_TOKENS, decoder_parts, run_forward
 from .logit_lens import TOP_K, logit_lens, token_text
-from .neuron import neuron_view
+from .neuron import check_neuron, neuron_view
 from .rollout import rollout_by_layer, rollout_edges
 
 MAX_POSITION_TOKENS = 8192       # the engine's own default limit (AnalysisOptions.max_tokens)
@@ -37,14 +37,22 @@ def resolve_position(position: Optional[int], n_tokens: int) -> int:
 
 def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None, *, top_k: int = TOP_K,
                 flow_max_tokens: int = FLOW_MAX_TOKENS, neuron: Optional[tuple[int, int, int]] = None,
-                cancel: Optional[Callable[[], bool]] = None) -> dict:
-    """The trace of query `position` (default: last token) of the token ids `ids` as a JSON-able dict."""
+                cancel: Optional[Callable[[], bool]] = None,
+                progress: Optional[Callable[[float, str], None]] = None) -> dict:
+    """The trace of query `position` (default: last token) of the token ids `ids` as a JSON-able dict.
+    progress(fraction, message) as the engine's; cancel() -> True stops with Cancelled between layers and
+    between flow's max-flows."""
     if not ids:
         raise InputError("the text gives no tokens")
     P = resolve_position(position, len(ids))
     check_flow_limit(flow_max_tokens)
+    if neuron is not None:               # refuse a bad request before the forward
+        n_keys = P + 1 if lm.info.causal else len(ids)
+        check_neuron(*neuron, lm.info.n_layers, lm.info.n_heads, n_keys, P)
+    say = progress or (lambda frac, msg: None)
+    L = lm.info.n_layers
     t0 = time.perf_counter()
-    ft = run_forward(lm, ids, P, cancel=cancel)
+    ft = run_forward(lm, ids, P, cancel=cancel, on_layer=lambda l: say(0.6 * (l + 1) / L, f"layer {l + 1}/{L}"))
     t1 = time.perf_counter()
     info = lm.info
     tokens = token_strings(lm, ids) if lm.tokenizer is not None else [f"<{i}>" for i in ids]
@@ -84,6 +92,7 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
                    rollout_edges=rollout_edges(ft.mean_maps, by_layer))
         reason = flow_limit_reason(ft.n_keys, flow_max_tokens)
         if reason is None:
+            say(0.7, f"attention flow ({ft.n_keys} max-flows)")
             out["flow"] = attention_flow(ft.mean_maps, P, flow_max_tokens, check=lambda: check_cancel(cancel)).tolist()
         else:
             out["omitted"]["flow"] = reason
@@ -91,6 +100,7 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
     if neuron is not None:
         out["neuron"] = neuron_view(ft, *neuron)
     out["timings"] = {"forward_s": t1 - t0, "total_s": time.perf_counter() - t0}
+    say(1.0, "done")
     return out
 
 
