@@ -24,7 +24,7 @@ import torch
 
 from ..analysis.live import row_blocks
 from ..capture import AttentionCall, check_cancel
-from ..engine import _base_model, capture
+from ..engine import capture
 from ..errors import InputError, UserError
 from ..models import LoadedModel
 
@@ -63,7 +63,7 @@ def decoder_parts(lm: LoadedModel):
     (encoders, or an architecture whose residual stream this module does not know how to split)."""
     if not lm.info.causal:
         return None
-    base = _base_model(lm.model)
+    base = lm.model.base_model
     layers = getattr(base, "layers", None)
     norm = getattr(base, "norm", None)
     head = lm.model.get_output_embeddings()
@@ -74,11 +74,6 @@ def decoder_parts(lm: LoadedModel):
         if attn is None or not hasattr(attn, "o_proj") or not hasattr(layer, "mlp"):
             return None
     return layers, norm, head
-
-
-def _attention_modules(lm: LoadedModel) -> list:
-    parts = decoder_parts(lm)
-    return [layer.self_attn for layer in parts[0]] if parts else []
 
 
 def _first(x):
