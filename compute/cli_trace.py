@@ -12,7 +12,7 @@ from .errors import InputError, UserError
 def register(sub) -> None:
     from .tracing.flow import FLOW_MAX_TOKENS
     from .tracing.logit_lens import TOP_K
-    from .tracing.trace import MAX_POSITION_TOKENS
+    from .tracing.engine_api import DEFAULT_MAX_TOKENS
     p = sub.add_parser("trace", help="trace one token: logit lens, rollout and flow, head contributions (trace.json)",
                        description="One forward of the text; for query position P writes DIR/trace.json with the "
                                    "logit lens per layer, attention rollout and flow, and each head's direct "
@@ -26,8 +26,8 @@ def register(sub) -> None:
                         "one max-flow per token, cost grows with the cube of the length)")
     p.add_argument("--neuron", default=None, metavar="LAYER.HEAD.KEY",
                    help="also write the neuron view of query P and key KEY in head LAYER.HEAD")
-    p.add_argument("--max-tokens", type=int, default=MAX_POSITION_TOKENS,
-                   help=f"refuse longer texts (default {MAX_POSITION_TOKENS})")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"refuse longer texts (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -45,7 +45,7 @@ def parse_neuron(spec):
 
 
 def run(args) -> int:
-    from .engine import tokenize, validate_text
+    from .tracing.engine_api import tokenize, validate_text
     from .tracing.flow import check_flow_limit
     from .tracing.trace import build_trace, resolve_position
 

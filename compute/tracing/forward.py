@@ -22,11 +22,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..analysis.live import row_blocks
 from ..capture import AttentionCall, check_cancel
-from ..engine import capture
 from ..errors import InputError, UserError
 from ..models import LoadedModel
+from .engine_api import capture, row_blocks
 
 DENSE_MAX_TOKENS = 1024      # rollout, flow's input and the neuron view's keys: L x n x n floats at most
 # Module hooks are global to the (shared, cached) model: they act only inside the forward that set them,

@@ -12,17 +12,16 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..capture import check_cancel
-from ..engine import token_strings, tokenize
 from ..errors import InputError
 from ..models import LoadedModel
 from .contributions import head_contributions
+from .engine_api import DEFAULT_MAX_TOKENS, token_strings, tokenize
 from .flow import FLOW_MAX_TOKENS, attention_flow, check_flow_limit, flow_limit_reason
 from .forward import DENSE_MAX_TOKENS, decoder_parts, run_forward
 from .logit_lens import TOP_K, logit_lens, token_text
 from .neuron import check_neuron, neuron_view
 from .rollout import rollout_by_layer, rollout_edges
 
-MAX_POSITION_TOKENS = 8192       # the engine's own default limit (AnalysisOptions.max_tokens)
 DECOMPOSITION_RTOL = 1e-3        # contributions are dropped (with the reason) if they do not sum to the logit
 
 
@@ -105,6 +104,6 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
 
 
 def trace_text(lm: LoadedModel, text: str, position: Optional[int] = None, *,
-               max_tokens: int = MAX_POSITION_TOKENS, **kw) -> dict:
+               max_tokens: int = DEFAULT_MAX_TOKENS, **kw) -> dict:
     """Tokenise (the engine's checks: empty, binary, too long) and trace."""
     return build_trace(lm, tokenize(lm, text, max_tokens), position, **kw)
