@@ -89,8 +89,27 @@ def test_tracing_figures_escape_tokens_and_validate():
     assert "&amp;" in lens.layout.xaxis2.title.text
     c = valid(T.contributions_map([[1.0, -2.0], [0.5, 0.0]], rest=3.0, target="<x>", logit=2.5))
     assert c.data[0].zmid == 0 and c.data[0].zmin == -2 and c.data[0].zmax == 2 and "&lt;x&gt;" in c.layout.title.text
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window"):
         T.rollout_bars(["a"] * 600, np.ones(600) / 600, position=599)
+    part = valid(T.rollout_bars(["a"] * 600, np.arange(600.0), position=599, window=(550, 600)))
+    assert list(part.data[0].y) == list(range(550, 600)) and part.data[0].x[0] == "(550)a"
+    with pytest.raises(ValueError, match="not inside"):
+        T.rollout_bars(toks, by[0], position=4, window=(3, 9))
+
+
+def test_layer_token_graph_window_keeps_edges_inside():
+    maps = causal_maps(4, 1, 200, seed=4)[:, 0]
+    by = rollout_by_layer(maps, 199)
+    edges = rollout_edges(maps, by, max_edges=300)
+    with pytest.raises(ValueError, match="at most 128"):
+        T.layer_token_graph(["t"] * 200, by, edges, position=199)
+    g = valid(T.layer_token_graph(["t"] * 200, by, edges, position=199, window=(150, 200)))
+    nodes = g.data[-1]
+    assert len(nodes.x) == 5 * 50 and min(nodes.x) == 150 and nodes.customdata[0][:2] == [0, 150]
+    xs = np.concatenate([np.asarray(t.x, float) for t in g.data[:-1]])
+    xs = xs[np.isfinite(xs)]
+    inside = [e for e in edges if 150 <= e[1] < 200 and 150 <= e[2] < 200]
+    assert len(xs) == 2 * len(inside) > 0 and xs.min() >= 150
 
 
 def test_neuron_bars_before_and_after():

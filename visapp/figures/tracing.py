@@ -17,6 +17,17 @@ from .overview import layer_head_map
 
 HEURISTIC = "attention mixing heuristic (Abnar & Zuidema 2020), not a gradient attribution"
 MAX_BAR_TOKENS = 512            # bars past this would be sub-pixel: the caller passes a window instead
+MAX_GRAPH_TOKENS = 128          # layer-by-token graph columns ((L+1) x tokens nodes)
+
+
+def token_window(n: int, window: Optional[tuple[int, int]], limit: int, what: str) -> tuple[int, int]:
+    """[a, b) of the tokens to draw: all n by default; a window must lie inside and hold at most `limit`."""
+    a, b = (0, n) if window is None else (int(window[0]), int(window[1]))
+    if not 0 <= a < b <= n:
+        raise ValueError(f"window {a}..{b} is not inside the {n} tokens")
+    if b - a > limit:
+        raise ValueError(f"{what} draws at most {limit} tokens; pass a window of at most {limit}")
+    return a, b
 
 
 def _sub_axes(n_rows: int, gap: float = 0.08) -> list[list[float]]:
@@ -27,15 +38,14 @@ def _sub_axes(n_rows: int, gap: float = 0.08) -> list[list[float]]:
 
 
 def rollout_bars(tokens: Sequence[str], rollout: Sequence[float], flow: Optional[Sequence[float]] = None, *,
-                 position: int, flow_note: str = "", log: bool = False, template: str = SCREEN) -> go.Figure:
+                 position: int, flow_note: str = "", log: bool = False, window: Optional[tuple[int, int]] = None,
+                 template: str = SCREEN) -> go.Figure:
     """Per-token rollout (top) and flow (bottom) scores for query `position`; flow_note replaces a missing
-    flow (e.g. the length limit). log=True: log y axes (rollout of causal models piles onto token 0)."""
-    r = f32(rollout)
-    n = len(r)
-    if n > MAX_BAR_TOKENS:
-        raise ValueError(f"rollout_bars draws at most {MAX_BAR_TOKENS} tokens; pass a window")
-    labels = token_labels(tokens, 0, n)
-    rows = [("rollout", r)] + ([("flow", f32(flow))] if flow is not None else [])
+    flow (e.g. the length limit). log=True: log y axes (rollout of causal models piles onto token 0).
+    window (a, b): draw tokens a..b-1 only (needed past MAX_BAR_TOKENS)."""
+    a, b = token_window(len(rollout), window, MAX_BAR_TOKENS, "rollout_bars")
+    labels = token_labels(tokens, a, b)
+    rows = [("rollout", f32(rollout)[a:b])] + ([("flow", f32(flow)[a:b])] if flow is not None else [])
     dom = _sub_axes(2)
     traces, layout = [], {}
     for k, (name, v) in enumerate(rows):
@@ -59,30 +69,33 @@ def rollout_bars(tokens: Sequence[str], rollout: Sequence[float], flow: Optional
 
 
 def layer_token_graph(tokens: Sequence[str], by_layer: np.ndarray, edges: Sequence[Sequence[float]], *,
-                      position: int, n_bins: int = 4, template: str = SCREEN,
-                      colorscale: str = SEQUENTIAL) -> go.Figure:
+                      position: int, window: Optional[tuple[int, int]] = None, n_bins: int = 4,
+                      template: str = SCREEN, colorscale: str = SEQUENTIAL) -> go.Figure:
     """Layer-by-token rollout graph: node (l, i) coloured and sized by how much of position P's rollout passes
     through it after layer l (by_layer [L+1, n], row 0 = input tokens); edges [l, i, j, w] from (l-1, j) to
-    (l, i), drawn in n_bins widths by weight."""
-    v = np.asarray(by_layer, dtype=float)
+    (l, i), drawn in n_bins widths by weight. window (a, b): tokens a..b-1 only (needed past MAX_GRAPH_TOKENS;
+    edges leaving the window are not drawn)."""
+    a, b = token_window(np.shape(by_layer)[1], window, MAX_GRAPH_TOKENS, "layer_token_graph")
+    v = np.asarray(by_layer, dtype=float)[:, a:b]
     L1, n = v.shape
-    layer, tok = np.meshgrid(np.arange(L1), np.arange(n), indexing="ij")
+    layer, tok = np.meshgrid(np.arange(L1), np.arange(a, b), indexing="ij")
     traces = []
-    if len(edges):
-        e = np.asarray(edges, dtype=float)
+    e = np.asarray(edges, dtype=float).reshape(-1, 4)
+    e = e[(e[:, 1] >= a) & (e[:, 1] < b) & (e[:, 2] >= a) & (e[:, 2] < b)]
+    if len(e):
         bins = weight_bins(e[:, 3], n_bins)
-        for b in range(n_bins):
-            sel = e[bins == b]
+        for k in range(n_bins):
+            sel = e[bins == k]
             if not len(sel):
                 continue
             xs = np.stack([sel[:, 2], sel[:, 1], np.full(len(sel), np.nan)], 1).ravel()
             ys = np.stack([sel[:, 0] - 1, sel[:, 0], np.full(len(sel), np.nan)], 1).ravel()
             traces.append(dict(type="scatter", x=f32(xs), y=f32(ys), mode="lines", hoverinfo="skip", showlegend=False,
-                               line=dict(width=0.6 + 1.2 * b, color=f"rgba(0,114,178,{0.25 + 0.2 * b:.2f})")))
+                               line=dict(width=0.6 + 1.2 * k, color=f"rgba(0,114,178,{0.25 + 0.2 * k:.2f})")))
     vmax = max(float(v.max()), 1e-12)
     sizes = 4 + 14 * np.sqrt(v / vmax)
-    names = [show_token(t) for t in tokens[:n]]
-    custom = [[int(a), int(b), names[b], float(c)] for a, b, c in zip(layer.ravel(), tok.ravel(), v.ravel())]
+    names = [show_token(t) for t in tokens[a:b]]
+    custom = [[int(l), int(i), names[i - a], float(c)] for l, i, c in zip(layer.ravel(), tok.ravel(), v.ravel())]
     traces.append(dict(type="scatter", x=tok.ravel(), y=layer.ravel(), mode="markers", customdata=custom,
                        showlegend=False,
                        marker=dict(size=f32(sizes.ravel()), color=f32(np.log10(np.maximum(v.ravel(), 1e-6))),
@@ -92,8 +105,8 @@ def layer_token_graph(tokens: Sequence[str], by_layer: np.ndarray, edges: Sequen
                        hovertemplate="after layer %{customdata[0]} · (%{customdata[1]})%{customdata[2]}"
                                      "<br>share of the rollout = %{customdata[3]:.4g}<extra></extra>"))
     layout = dict(title=dict(text=f"rollout of position {position} through the layers<br><sup>{HEURISTIC}</sup>"),
-                  xaxis=dict(tickmode="array", tickvals=list(range(n)), ticktext=token_labels(tokens, 0, n),
-                             tickangle=-60, showgrid=False, zeroline=False, range=[-0.6, n - 0.4]),
+                  xaxis=dict(tickmode="array", tickvals=list(range(a, b)), ticktext=token_labels(tokens, a, b),
+                             tickangle=-60, showgrid=False, zeroline=False, range=[a - 0.6, b - 0.4]),
                   yaxis=dict(title=dict(text="layer (0 = input tokens)"), showgrid=False, zeroline=False,
                              range=[-0.6, L1 - 0.4], dtick=1 if L1 <= 16 else 2),
                   height=int(min(1100, max(380, 120 + 22 * L1))), hovermode="closest")
