@@ -70,3 +70,16 @@ def test_flow_is_bounded():
     assert str(FLOW_MAX_TOKENS + 1) in why and str(FLOW_MAX_TOKENS) in why
     with pytest.raises(ValueError):
         attention_flow(MAPS, 2, limit=2)
+
+
+def test_flow_matches_networkx_default_max_flow():
+    """Same values as networkx's default algorithm (preflow-push) on random causal and bidirectional maps."""
+    import networkx as nx
+    rng = np.random.default_rng(7)
+    for a in (np.tril(rng.random((3, 7, 7)) ** 3), rng.random((2, 5, 5))):
+        a /= a.sum(-1, keepdims=True)
+        g = layer_graph(a)
+        L, n = a.shape[0], a.shape[1]
+        for P in (n - 1, 2):
+            want = [nx.maximum_flow_value(g, (0, j), (L, P)) for j in range(n)]
+            np.testing.assert_allclose(attention_flow(a, P), want, atol=1e-12)
