@@ -203,3 +203,35 @@ def test_concurrent_forward_on_the_shared_model_does_not_leak_in(smollm, traced)
     assert fired
     for name in ("hidden", "head_out", "mlp_out", "embed", "q_pre", "k_pre"):
         np.testing.assert_array_equal(getattr(mixed, name), getattr(clean, name), err_msg=name)
+
+
+def test_unknown_final_norm_omits_contributions_but_keeps_the_lens():
+    """A final norm the decomposition cannot freeze (here: a wrapped RMSNorm of another class name) gives the
+    lens as usual and omits the contributions with the reason, instead of failing the trace."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from compute.capture import ATTN_IMPL, register
+    from compute.models import LoadedModel, ModelInfo
+    register()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=ATTN_IMPL, dtype=torch.float32).eval()
+
+    class OddNorm(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    model.model.norm = OddNorm(model.model.norm)
+    lm = LoadedModel(model, None, ModelInfo("tiny-odd", "causal", 2, 4, 4, 8, 64, "random", "llama"))
+    ids = list(range(3, 15))
+    tr = build_trace(lm, ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    assert tr["prediction"]["id"] == int(logits.argmax())
+    assert tr["prediction"]["logit"] == pytest.approx(float(logits.max()), abs=1e-5)
+    assert "OddNorm" in tr["omitted"]["contributions"] and "contributions" not in tr

@@ -12,13 +12,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..capture import check_cancel
-from ..errors import InputError
+from ..errors import InputError, UserError
 from ..models import LoadedModel
 from .contributions import head_contributions
 from .engine_api import DEFAULT_MAX_TOKENS, token_strings, tokenize
 from .flow import FLOW_MAX_TOKENS, attention_flow, check_flow_limit, flow_limit_reason
 from .forward import DENSE_MAX_TOKENS, decoder_parts, run_forward
-from .logit_lens import TOP_K, logit_lens, token_text
+from .logit_lens import TOP_K, lens_logits, logit_lens, token_text
 from .neuron import check_neuron, neuron_view
 from .rollout import rollout_by_layer, rollout_edges
 
@@ -48,6 +48,9 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
     if neuron is not None:               # refuse a bad request before the forward
         n_keys = P + 1 if lm.info.causal else len(ids)
         check_neuron(*neuron, lm.info.n_layers, lm.info.n_heads, n_keys, P)
+        if n_keys > DENSE_MAX_TOKENS:
+            raise InputError(f"the neuron view keeps q and k only up to {DENSE_MAX_TOKENS} visible keys; "
+                             f"position {P} sees {n_keys}")
     say = progress or (lambda frac, msg: None)
     L = lm.info.n_layers
     t0 = time.perf_counter()
@@ -69,16 +72,8 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
     else:
         out["logit_lens"] = logit_lens(lm, ft, next_id, top_k)
         pred = out["logit_lens"][-1]["top"][0]
-        dla = head_contributions(lm, ft, pred["id"])
-        out["prediction"] = dict(pred, logit=dla["logit"])
-        if dla["decomposition_error"] > DECOMPOSITION_RTOL * max(1.0, abs(dla["logit"])):
-            out["omitted"]["contributions"] = (
-                f"the components do not add up to the logit (off by {dla['decomposition_error']:.3g}): this "
-                "architecture's residual stream is not embeddings + attention + MLP outputs")
-        else:
-            out.update(contributions=dla["contributions"], contribution_rest=dla["contribution_rest"],
-                       contribution_parts=dla["parts"], contribution_target=pred,
-                       decomposition_error=dla["decomposition_error"])
+        out["prediction"] = dict(pred, logit=float(lens_logits(lm, ft.hidden[-1:])[0, pred["id"]]))
+        out.update(_contributions(lm, ft, pred, out["omitted"]))
     check_cancel(cancel)
 
     if ft.mean_maps is None:
@@ -101,6 +96,23 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
     out["timings"] = {"forward_s": t1 - t0, "total_s": time.perf_counter() - t0}
     say(1.0, "done")
     return out
+
+
+def _contributions(lm: LoadedModel, ft, pred: dict, omitted: dict) -> dict:
+    """The contribution fields of trace.json, or {} with the reason in `omitted`."""
+    try:
+        dla = head_contributions(lm, ft, pred["id"])
+    except UserError as exc:                     # e.g. a final norm the decomposition does not know
+        omitted["contributions"] = str(exc)
+        return {}
+    if dla["decomposition_error"] > DECOMPOSITION_RTOL * max(1.0, abs(dla["logit"])):
+        omitted["contributions"] = (f"the components do not add up to the logit (off by "
+                                    f"{dla['decomposition_error']:.3g}): this architecture's residual stream is "
+                                    "not embeddings + attention + MLP outputs")
+        return {}
+    return {"contributions": dla["contributions"], "contribution_rest": dla["contribution_rest"],
+            "contribution_parts": dla["parts"], "contribution_target": pred,
+            "decomposition_error": dla["decomposition_error"]}
 
 
 def trace_text(lm: LoadedModel, text: str, position: Optional[int] = None, *,
