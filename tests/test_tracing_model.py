@@ -58,6 +58,8 @@ def test_contributions_sum_to_the_logit(smollm, traced):
     rest = parts["embedding"] + sum(parts["mlp"]) + sum(parts["attention_bias"]) + parts["unembedding_bias"]
     assert rest == pytest.approx(tr["contribution_rest"], rel=1e-9)
     assert np.abs(c).max() > 0.1                        # heads do contribute
+    imp = tr["head_importance"]
+    assert imp["available"] and np.array_equal(np.array(imp["importance"]), np.abs(c))
 
 
 def test_head_outputs_are_attention_times_values(smollm, traced):

@@ -110,9 +110,14 @@ def _contributions(lm: LoadedModel, ft, pred: dict, omitted: dict) -> dict:
                                     f"{dla['decomposition_error']:.3g}): this architecture's residual stream is "
                                     "not embeddings + attention + MLP outputs")
         return {}
+    c = np.abs(np.asarray(dla["contributions"]))
     return {"contributions": dla["contributions"], "contribution_rest": dla["contribution_rest"],
             "contribution_parts": dla["parts"], "contribution_target": pred,
-            "decomposition_error": dla["decomposition_error"]}
+            "decomposition_error": dla["decomposition_error"],
+            # the shape of the analysis' importance section, so the overview can size glyphs by it
+            "head_importance": {"available": True, "importance": c.tolist(),
+                                "method": f"|direct contribution to the logit of {pred['token']!r} at position "
+                                          f"{ft.position}|"}}
 
 
 def trace_text(lm: LoadedModel, text: str, position: Optional[int] = None, *,
