@@ -10,9 +10,9 @@ from .errors import InputError, UserError
 
 
 def register(sub) -> None:
+    from .tracing.engine_api import DEFAULT_MAX_TOKENS
     from .tracing.flow import FLOW_MAX_TOKENS
     from .tracing.logit_lens import TOP_K
-    from .tracing.engine_api import DEFAULT_MAX_TOKENS
     p = sub.add_parser("trace", help="trace one token: logit lens, rollout and flow, head contributions (trace.json)",
                        description="One forward of the text; for query position P writes DIR/trace.json with the "
                                    "logit lens per layer, attention rollout and flow, and each head's direct "
@@ -47,16 +47,15 @@ def parse_neuron(spec):
 def run(args) -> int:
     from .tracing.engine_api import tokenize, validate_text
     from .tracing.flow import check_flow_limit
-    from .tracing.trace import build_trace, resolve_position
+    from .tracing.trace import build_trace, validate_request
 
-    if not 1 <= args.top_k <= 1000:
-        raise InputError("--top-k must be between 1 and 1000")
     check_flow_limit(args.flow_max_tokens)                 # before loading the model
     neuron = parse_neuron(args.neuron)
     text = validate_text(get_text(args))
     lm = load_for_cli(args)
     ids = tokenize(lm, text, args.max_tokens)
-    position = resolve_position(args.position, len(ids))        # input errors before the progress bar
+    position = validate_request(lm, len(ids), args.position, top_k=args.top_k,   # before the progress bar
+                                flow_max_tokens=args.flow_max_tokens, neuron=neuron)
     with ProgressBar("trace", args.quiet) as progress:
         tr = build_trace(lm, ids, position, top_k=args.top_k, flow_max_tokens=args.flow_max_tokens,
                          neuron=neuron, progress=progress)

@@ -45,6 +45,8 @@ def test_trace_json_fields(tmp_path):
     (["--text", "hi", "--model", "no-such-model"], "unknown model"),
     (["--text", "hello world", "--position", "50"], "outside the text"),
     (["--text", "hi", "--flow-max-tokens", "500"], "between 1 and 64"),
+    (["--text", "hello world", "--neuron", "0.0.5", "--position", "1"], "not visible from position 1"),
+    (["--text", "hello world", "--top-k", "0"], "between 1 and 1000"),
 ])
 def test_errors_are_one_line(tmp_path, args, message):
     r = run_cli(*args, "--out", tmp_path)

@@ -22,6 +22,7 @@ from .logit_lens import TOP_K, lens_logits, logit_lens, token_text
 from .neuron import check_neuron, neuron_view
 from .rollout import rollout_by_layer, rollout_edges
 
+MAX_TOP_K = 1000
 DECOMPOSITION_RTOL = 1e-3        # contributions are dropped (with the reason) if they do not sum to the logit
 
 
@@ -34,6 +35,24 @@ def resolve_position(position: Optional[int], n_tokens: int) -> int:
     return int(position)
 
 
+def validate_request(lm: LoadedModel, n_tokens: int, position: Optional[int], *, top_k: int = TOP_K,
+                     flow_max_tokens: int = FLOW_MAX_TOKENS, neuron: Optional[tuple[int, int, int]] = None) -> int:
+    """Every check that needs no forward (InputError with one line); returns the resolved position."""
+    if n_tokens < 1:
+        raise InputError("the text gives no tokens")
+    P = resolve_position(position, n_tokens)
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InputError(f"the logit lens shows between 1 and {MAX_TOP_K} tokens per layer (got {top_k})")
+    check_flow_limit(flow_max_tokens)
+    if neuron is not None:
+        n_keys = P + 1 if lm.info.causal else n_tokens
+        check_neuron(*neuron, lm.info.n_layers, lm.info.n_heads, n_keys, P)
+        if n_keys > DENSE_MAX_TOKENS:
+            raise InputError(f"the neuron view keeps q and k only up to {DENSE_MAX_TOKENS} visible keys; "
+                             f"position {P} sees {n_keys}")
+    return P
+
+
 def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None, *, top_k: int = TOP_K,
                 flow_max_tokens: int = FLOW_MAX_TOKENS, neuron: Optional[tuple[int, int, int]] = None,
                 cancel: Optional[Callable[[], bool]] = None,
@@ -41,16 +60,7 @@ def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None,
     """The trace of query `position` (default: last token) of the token ids `ids` as a JSON-able dict.
     progress(fraction, message) as the engine's; cancel() -> True stops with Cancelled between layers and
     between flow's max-flows."""
-    if not ids:
-        raise InputError("the text gives no tokens")
-    P = resolve_position(position, len(ids))
-    check_flow_limit(flow_max_tokens)
-    if neuron is not None:               # refuse a bad request before the forward
-        n_keys = P + 1 if lm.info.causal else len(ids)
-        check_neuron(*neuron, lm.info.n_layers, lm.info.n_heads, n_keys, P)
-        if n_keys > DENSE_MAX_TOKENS:
-            raise InputError(f"the neuron view keeps q and k only up to {DENSE_MAX_TOKENS} visible keys; "
-                             f"position {P} sees {n_keys}")
+    P = validate_request(lm, len(ids), position, top_k=top_k, flow_max_tokens=flow_max_tokens, neuron=neuron)
     say = progress or (lambda frac, msg: None)
     L = lm.info.n_layers
     t0 = time.perf_counter()
