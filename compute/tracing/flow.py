@@ -4,8 +4,9 @@ Nodes (l, i), l = 0..L (0 = input tokens); edge (l-1, j) -> (l, i) with capacity
 map A_l mixed with the residual, see rollout.residual_mix; functions here take A). The flow of input token j
 to position P is the value of a maximum flow from (0, j) to (L, P), one max-flow per input token (networkx,
 Boykov-Kolmogorov: 1.6x faster than preflow-push on these layered graphs). Exact but costly, so it
-runs only up to FLOW_MAX_TOKENS keys (SmolLM2's 30 layers: about 2 s at 32 tokens, 15 s at 64 on one
-EPYC core; the cost grows with the cube of the length); past that the trace omits it and says why.
+runs only up to FLOW_MAX_TOKENS keys (SmolLM2's 30 layers on the shared 2-core EPYC: 0.6 s at 16 tokens,
+2.7 s at 32; the cost grows with the cube of the length, so 15-40 s at 64); past that the trace omits it
+and says why.
 """
 from __future__ import annotations
 
