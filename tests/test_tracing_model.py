@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from compute.engine import AnalysisOptions, analyze_text, tokenize
+from compute.engine import tokenize
+from compute.options import AnalysisOptions
+from compute.pipeline import analyze as analyze_text
 from compute.tracing.contributions import head_contributions
 from compute.tracing.forward import run_forward
 from compute.tracing.trace import build_trace, trace_text

@@ -2,7 +2,7 @@
 
 Where each quantity comes from (one no-grad forward through compute.engine.capture):
   * attention rows (exact, float32): the capture's output hook sees each layer's AttentionCall (q, k after
-    the model's position encoding, the mask, the scale); compute.analysis.live.row_blocks turns the query
+    the model's position encoding, the mask, the scale); compute.capture.row_blocks turns the query
     rows into exact softmax rows in bounded blocks. Kept: every head's row P [L, H, n] and, when the text up
     to P is at most DENSE_MAX_TOKENS, the head-mean rows 0..P [L, n, n] that rollout and flow need
     (encoders: all rows, since every token sees every other one). n = P + 1 for causal models, N for encoders.
@@ -25,7 +25,8 @@ import torch
 from ..capture import AttentionCall, check_cancel
 from ..errors import InputError, UserError
 from ..models import LoadedModel
-from .engine_api import capture, row_blocks
+from ..capture import row_blocks
+from ..engine import capture
 
 DENSE_MAX_TOKENS = 1024      # rollout, flow's input and the neuron view's keys: L x n x n floats at most
 # Module hooks are global to the (shared, cached) model: they act only inside the forward that set them,

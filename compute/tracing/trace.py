@@ -15,7 +15,8 @@ from ..capture import check_cancel
 from ..errors import InputError, UserError
 from ..models import LoadedModel
 from .contributions import head_contributions
-from .engine_api import DEFAULT_MAX_TOKENS, token_strings, tokenize
+from ..engine import token_strings, tokenize
+from ..options import MAX_TOKENS_DEFAULT as DEFAULT_MAX_TOKENS
 from .flow import FLOW_MAX_TOKENS, attention_flow, check_flow_limit, flow_limit_reason
 from .forward import DENSE_MAX_TOKENS, decoder_parts, run_forward
 from .logit_lens import TOP_K, lens_logits, logit_lens, token_text

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..templates import DIVERGING, OKABE_ITO, SCREEN, SEQUENTIAL
-from .common import empty_figure, f32, make_figure, show_token, token_labels, weight_bins
+from .common import empty_figure, escape_all, escape_markup, f32, make_figure, show_token, token_labels, weight_bins
 from .overview import layer_head_map
 
 HEURISTIC = "attention mixing heuristic (Abnar & Zuidema 2020), not a gradient attribution"
@@ -44,7 +44,7 @@ def rollout_bars(tokens: Sequence[str], rollout: Sequence[float], flow: Optional
     flow (e.g. the length limit). log=True: log y axes (rollout of causal models piles onto token 0).
     window (a, b): draw tokens a..b-1 only (needed past MAX_BAR_TOKENS)."""
     a, b = token_window(len(rollout), window, MAX_BAR_TOKENS, "rollout_bars")
-    labels = token_labels(tokens, a, b)
+    labels = escape_all(token_labels(tokens, a, b))
     rows = [("rollout", f32(rollout)[a:b])] + ([("flow", f32(flow)[a:b])] if flow is not None else [])
     dom = _sub_axes(2)
     traces, layout = [], {}
@@ -62,7 +62,7 @@ def rollout_bars(tokens: Sequence[str], rollout: Sequence[float], flow: Optional
                                       yref="paper", showarrow=False, font=dict(size=13, color="#555"))]
         layout["yaxis2"] = dict(domain=dom[1], visible=False)
         layout["xaxis2"] = dict(visible=False, anchor="y2")
-    layout.update(title=dict(text=f"what position {position} ({show_token(tokens[position])}) draws on"
+    layout.update(title=dict(text=f"what position {position} ({_shown(tokens[position])}) draws on"
                                        f"<br><sup>{HEURISTIC}</sup>"),
                   showlegend=False, height=460, bargap=0.15)
     return make_figure(traces, layout, template)
@@ -94,7 +94,7 @@ def layer_token_graph(tokens: Sequence[str], by_layer: np.ndarray, edges: Sequen
                                line=dict(width=0.6 + 1.2 * k, color=f"rgba(0,114,178,{0.25 + 0.2 * k:.2f})")))
     vmax = max(float(v.max()), 1e-12)
     sizes = 4 + 14 * np.sqrt(v / vmax)
-    names = [show_token(t) for t in tokens[a:b]]
+    names = [_shown(t) for t in tokens[a:b]]
     custom = [[int(l), int(i), names[i - a], float(c)] for l, i, c in zip(layer.ravel(), tok.ravel(), v.ravel())]
     traces.append(dict(type="scatter", x=tok.ravel(), y=layer.ravel(), mode="markers", customdata=custom,
                        showlegend=False,
@@ -105,7 +105,7 @@ def layer_token_graph(tokens: Sequence[str], by_layer: np.ndarray, edges: Sequen
                        hovertemplate="after layer %{customdata[0]} · (%{customdata[1]})%{customdata[2]}"
                                      "<br>share of the rollout = %{customdata[3]:.4g}<extra></extra>"))
     layout = dict(title=dict(text=f"rollout of position {position} through the layers<br><sup>{HEURISTIC}</sup>"),
-                  xaxis=dict(tickmode="array", tickvals=list(range(a, b)), ticktext=token_labels(tokens, a, b),
+                  xaxis=dict(tickmode="array", tickvals=list(range(a, b)), ticktext=escape_all(token_labels(tokens, a, b)),
                              tickangle=-60, showgrid=False, zeroline=False, range=[a - 0.6, b - 0.4]),
                   yaxis=dict(title=dict(text="layer (0 = input tokens)"), showgrid=False, zeroline=False,
                              range=[-0.6, L1 - 0.4], dtick=1 if L1 <= 16 else 2),
@@ -113,9 +113,14 @@ def layer_token_graph(tokens: Sequence[str], by_layer: np.ndarray, edges: Sequen
     return make_figure(traces, layout, template)
 
 
+def _shown(tok: str) -> str:
+    """A token as figure text: readable (show_token) and escaped for plotly's markup (escape_markup)."""
+    return escape_markup(show_token(tok))
+
+
 def lens_token(tok: str) -> str:
-    """show_token, with spaces made visible (a lens often predicts a bare space)."""
-    return show_token(tok.replace(" ", "␣") if not tok.strip(" ") or tok.startswith("  ") else tok)
+    """_shown, with spaces made visible (a lens often predicts a bare space)."""
+    return _shown(tok.replace(" ", "␣") if not tok.strip(" ") or tok.startswith("  ") else tok)
 
 
 def logit_lens_figure(records: Sequence[dict], *, next_token: Optional[str] = None, template: str = SCREEN,
@@ -145,7 +150,7 @@ def logit_lens_figure(records: Sequence[dict], *, next_token: Optional[str] = No
                            customdata=f32(p), marker=dict(color=OKABE_ITO[5]), showlegend=False,
                            hovertemplate="after layer %{y}<br>rank %{x}<br>p = %{customdata:.4g}<extra></extra>"))
         layout["xaxis2"] = dict(domain=[right + 0.09, 1], type="log", anchor="y",
-                                title=dict(text=f"rank of {show_token(next_token)}"))
+                                title=dict(text=f"rank of {_shown(next_token)}"))
     return make_figure(traces, layout, template)
 
 

@@ -5,14 +5,14 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import ProgressBar, add_model_args, get_text, load_for_cli
-from .errors import InputError, UserError
+from ..errors import InputError, UserError
+from .common import ProgressBar, add_model_args, check_out_dir, get_text, load_for_cli
 
 
 def register(sub) -> None:
-    from .tracing.engine_api import DEFAULT_MAX_TOKENS
-    from .tracing.flow import FLOW_MAX_TOKENS
-    from .tracing.logit_lens import TOP_K
+    from ..options import MAX_TOKENS_DEFAULT as DEFAULT_MAX_TOKENS
+    from ..tracing.flow import FLOW_MAX_TOKENS
+    from ..tracing.logit_lens import TOP_K
     p = sub.add_parser("trace", help="trace one token: logit lens, rollout and flow, head contributions (trace.json)",
                        description="One forward of the text; for query position P writes DIR/trace.json with the "
                                    "logit lens per layer, attention rollout and flow, and each head's direct "
@@ -45,11 +45,12 @@ def parse_neuron(spec):
 
 
 def run(args) -> int:
-    from .tracing.engine_api import tokenize, validate_text
-    from .tracing.flow import check_flow_limit
-    from .tracing.trace import build_trace, validate_request
+    from ..engine import tokenize, validate_text
+    from ..tracing.flow import check_flow_limit
+    from ..tracing.trace import build_trace, validate_request
 
     check_flow_limit(args.flow_max_tokens)                 # before loading the model
+    check_out_dir(args.out)
     neuron = parse_neuron(args.neuron)
     text = validate_text(get_text(args))
     lm = load_for_cli(args)
