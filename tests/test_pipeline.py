@@ -144,3 +144,19 @@ def test_backends_without_an_observer_recompute_the_planned_rows(smollm, monkeyp
     np.testing.assert_allclose(fallback["roles"]["scores"]["syntactic"], native["roles"]["scores"]["syntactic"],
                                atol=1e-6)
     np.testing.assert_allclose(fallback["basin"]["per_head"], native["basin"]["per_head"], atol=1e-6)
+
+
+def test_recomputed_rows_respect_a_sliding_window():
+    """row_blocks (the q/k fallback, on-demand zoom, tracing) masks keys outside a layer's window."""
+    from compute.capture import AttentionCall, row_blocks
+    from kernels import VariantMask
+    q, k, _ = _qk(True, n=23)
+    call = AttentionCall(0, q, k, k, None, True, 0.3, window=5)
+    got = torch.zeros(1, 4, 23, 23)
+    for a, e, p in row_blocks(call, mem_budget_mb=0):
+        got[:, :, a:e, :p.shape[-1]] = p
+    ref = attention_stats_dense(q, k, k, scale=0.3, causal=True, config=StatsConfig(full_maps=True),
+                                variant=VariantMask(window=5)).maps
+    torch.testing.assert_close(got, ref.float(), atol=2e-6, rtol=1e-5)
+    i = torch.arange(23)
+    assert not got[0, :, (i[:, None] - i[None, :]) >= 5].any()
