@@ -6,7 +6,7 @@ statistic are in kernels/stats_types.py; per-head summaries are in compute/summa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
