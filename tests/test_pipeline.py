@@ -160,3 +160,25 @@ def test_recomputed_rows_respect_a_sliding_window():
     torch.testing.assert_close(got, ref.float(), atol=2e-6, rtol=1e-5)
     i = torch.arange(23)
     assert not got[0, :, (i[:, None] - i[None, :]) >= 5].any()
+
+
+def test_a_failed_save_leaves_nothing_partial(tmp_path, monkeypatch):
+    """stats.npz and report.json are written beside their names and renamed: a write that fails (disk
+    full) leaves neither a partial file nor a temporary one."""
+    from compute import result as R
+    res = R.AttentionResult.__new__(R.AttentionResult)
+    for k in R.ARRAY_FIELDS:
+        setattr(res, k, None)
+    res.lse = np.zeros((1, 1, 3), np.float32)
+    res.pooled_mean = np.zeros((1, 1, 2, 2), np.float32)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np.lib.format, "write_array", full)
+    with pytest.raises(OSError):
+        res.save(tmp_path / "o", {"model": "m"})
+    assert list((tmp_path / "o").iterdir()) == []
+    monkeypatch.undo()
+    res.save(tmp_path / "o", {"model": "m"})
+    got = np.load(tmp_path / "o" / "stats.npz")
+    assert sorted(got.files) == ["lse", "pooled_mean"] and got["pooled_mean"].shape == (1, 1, 2, 2)
