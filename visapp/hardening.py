@@ -1,8 +1,11 @@
 """Web-side hardening for serving many users: no 500s and no tracebacks, whatever fails.
 
-  SafeStore        wraps the flask-caching backend: an unreadable entry (corrupted, truncated, pickled by
-                   another version) is dropped and reads as missing, so it is recomputed; an unreachable
-                   Redis becomes one clear UserError.
+  SafeStore        wraps the flask-caching backend: an unreadable entry (corrupted, forged, a pickle, another
+                   format version: see visapp.cache_codec) is dropped and reads as missing, so it is
+                   recomputed; an unreachable Redis becomes one clear UserError; a write that fails (disk
+                   full, Redis maxmemory) raises StoreWriteError instead of returning False.
+  CheckedFileSystemCache  cachelib's FileSystemCache whose set() encodes before touching the disk, raises
+                   on a failed write and never leaves its temp file behind.
   Lost-job managers  DiskcacheManager / CeleryManager that notice a background job whose process or
                    Celery worker died (SIGKILL, out of memory) and report it as an error the user can
                    retry, instead of a spinner that never ends; and that look for the result once more
@@ -48,8 +51,75 @@ CONNECTION_ERRORS = _connection_errors()
 UNAVAILABLE = "the result store (Redis) is not reachable right now; try again in a moment"
 
 
+class StoreWriteError(UserError):
+    """A value could not be written to the result store."""
+
+
+STORE_FULL = ("could not save the result: the server's result store is full (disk full or Redis out of "
+              "memory); nothing was kept. Try again later or ask the operator to free space")
+DISK_FULL = "the server's disk is full; nothing was kept. Try again later or ask the operator to free space"
+
+
+def _write_errors() -> tuple:
+    errs: list = [OSError]
+    try:
+        from redis.exceptions import ResponseError
+        errs.append(ResponseError)          # "OOM command not allowed when used memory > 'maxmemory'"
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+WRITE_ERRORS = _write_errors()
+
+
+def _file_cache_base():
+    from flask_caching.backends import FileSystemCache
+    return FileSystemCache
+
+
+class CheckedFileSystemCache(_file_cache_base()):
+    """FileSystemCache with checked writes (see the module doc). The serializer comes first: the parent's
+    constructor already writes its entry-count file."""
+
+    def __init__(self, cache_dir, serializer, **kwargs):
+        self.serializer = serializer
+        super().__init__(cache_dir, **kwargs)
+
+    def set(self, key, value, timeout=None, mgmt_element=False):
+        import os
+        import struct
+        import tempfile
+
+        data = self.serializer.dumps(value)            # a value that cannot be stored fails here, on no file
+        if mgmt_element:
+            timeout = 0
+        else:
+            self._prune()
+        expires = self._normalize_timeout(timeout)
+        filename = self._get_filename(key)
+        overwrite = os.path.isfile(filename)
+        fd, tmp = tempfile.mkstemp(suffix=self._fs_transaction_suffix, dir=self._path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(struct.pack("I", expires))
+                f.write(data)
+            self._run_safely(os.replace, tmp, filename)
+            self._run_safely(os.chmod, filename, self._mode)
+        except BaseException:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
+        if not overwrite and not mgmt_element:
+            self._update_count(delta=1)
+        return True
+
+
 class SafeStore:
-    """A flask-caching/cachelib backend whose reads never raise on bad data."""
+    """A flask-caching/cachelib backend whose reads never raise on bad data and whose writes never fail
+    silently."""
 
     def __init__(self, backend):
         self._b = backend
@@ -63,14 +133,25 @@ class SafeStore:
             log.warning("dropping unreadable cache entry %s (%s: %s)", key, exc.__class__.__name__, exc)
             self._drop(key)
             return None
-        if isinstance(value, (bytes, bytearray)):   # cachelib's RedisCache hands back unpickled raw bytes
-            log.warning("dropping cache entry %s: not a pickled value", key)
-            self._drop(key)
-            return None
         if value is None and self._exists(key):     # cachelib swallowed an unpickling error: drop it
             log.warning("dropping unreadable cache entry %s", key)
             self._drop(key)
         return value
+
+    def set(self, key, value, timeout=None) -> bool:
+        """Write one value; StoreWriteError (nothing of this key left) when it cannot be stored."""
+        try:
+            ok = self._b.set(key, value, timeout=timeout)
+        except CONNECTION_ERRORS:
+            raise StoreUnavailable(UNAVAILABLE) from None
+        except WRITE_ERRORS as exc:
+            log.warning("cache write of %s failed: %s: %s", key, exc.__class__.__name__, exc)
+            self._drop(key)
+            raise StoreWriteError(STORE_FULL) from None
+        if ok is False:
+            self._drop(key)
+            raise StoreWriteError(STORE_FULL)
+        return True
 
     def _exists(self, key) -> bool:
         try:
@@ -237,8 +318,19 @@ def user_message(exc: BaseException) -> str:
         return UNAVAILABLE
     if isinstance(exc, MemoryError):
         return "out of memory: try a shorter text or fewer max tokens"
+    if _disk_full(exc):
+        return DISK_FULL
     log.error("callback failed", exc_info=exc)
     return f"internal error ({exc.__class__.__name__}); the server log has the details"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, or sqlite's 'database or disk is full' (the diskcache job store)."""
+    import errno
+    import sqlite3
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
 def _flat(outputs) -> list:
