@@ -104,6 +104,9 @@ SETTINGS: tuple[Setting, ...] = (
             "available now) is refused. 0 = what is available now."),
     Setting("ATTNVIS_MEMORY_HEADROOM", "0.8", _float,
             "Fraction of the available memory an analysis may plan to use (the rest is headroom)."),
+    Setting("ATTNVIS_MAX_REQUEST_MB", "4", _float,
+            "Largest HTTP request body the web server accepts, in MiB (a longer post gets 413 before it is "
+            "read). Keep it above ATTNVIS_MAX_TEXT_CHARS x 6 bytes (JSON escapes)."),
     # models and security
     Setting("ATTNVIS_SERVER_MODE", "0", _bool,
             "1 = serving other people: models only from the registry and ATTNVIS_MODEL_DIRS, limits enforced. "
