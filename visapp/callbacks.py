@@ -207,9 +207,10 @@ def analysis_job(set_progress, n_analyze, n_generate, autorun, model, path, text
                 return no_update, no_update
             if autorun.get("done"):
                 return {"key": autorun["done"], "model": autorun.get("model", ""), "t": time.time()}, ""
-            d = dict(autorun["request"])
-            d["probes"] = tuple(d.get("probes") or ())
-            req = service.Request(**d)
+            d = autorun.get("request")           # browser-sent: validated like the input panel's values
+            if not isinstance(d, dict):
+                raise UserError("the page sent a malformed request; reload it")
+            req = service.make_request(**{k: d[k] for k in service.Request.__dataclass_fields__ if k in d})
         else:
             req = service.make_request(
                 model=(path or "").strip() or model, text=text, backend=backend, max_tokens=max_tokens,

@@ -214,11 +214,62 @@ def _lost(msg: str) -> dict:
     return {"background_callback_error": {"msg": LOST_MARK + msg, "tb": ""}}
 
 
+_SQLITE_LOCK = None
+
+
+def _fork_safe(cache):
+    """The diskcache handle behind a lock that fork also takes (os.register_at_fork): a job is never
+    forked while another web thread is inside sqlite, whose mutex the child would otherwise inherit
+    locked forever (a job that hangs before it starts, beyond the reach of any time limit)."""
+    import os
+    import threading
+    global _SQLITE_LOCK
+    if _SQLITE_LOCK is None:
+        _SQLITE_LOCK = threading.RLock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=_SQLITE_LOCK.acquire, after_in_parent=_SQLITE_LOCK.release,
+                                after_in_child=_SQLITE_LOCK.release)
+    lock = _SQLITE_LOCK
+
+    class ForkSafeCache:
+        def __init__(self, c):
+            self._c = c
+
+        def __getattr__(self, name):
+            attr = getattr(self._c, name)
+            if not callable(attr):
+                return attr
+
+            def call(*args, **kwargs):
+                with lock:
+                    return attr(*args, **kwargs)
+            return call
+
+    return ForkSafeCache(cache)
+
+
 def diskcache_manager(cache, expire):
+    from pathlib import Path
+
     from dash import DiskcacheManager
 
+    from .jobguard import FileJobs, client_id, file_guard
+
+    jobs_root = Path(cache.directory).parent / "jobctl"      # next to diskcache's own folder
+
     class LostJobDiskcacheManager(DiskcacheManager):
-        """A job is a forked process: dead without a result means lost."""
+        """A job is a forked process: dead without a result means lost. Jobs are admitted per client,
+        run in at most ATTNVIS_JOB_SLOTS at once (visapp.jobguard) and never fork inside sqlite."""
+
+        def make_job_fn(self, fn, progress, key=None):
+            return super().make_job_fn(file_guard(fn, bool(progress), key, jobs_root), progress, key)
+
+        def call_job_fn(self, key, job_fn, args, context):
+            jobs, client = FileJobs(jobs_root), client_id()
+            jobs.admit(client)
+            pid = super().call_job_fn(key, job_fn, args, context)
+            jobs.started(client, pid)
+            return pid
 
         def terminate_job(self, job):
             if job is not None:                             # a cancelled job is not a lost one
@@ -233,21 +284,68 @@ def diskcache_manager(cache, expire):
                     return _lost(LOST_JOB)
             return result
 
-    return LostJobDiskcacheManager(cache, expire=expire)
+    manager = LostJobDiskcacheManager(cache, expire=expire)
+    manager.handle = _fork_safe(cache)
+    return manager
 
 
 def celery_manager(celery_app, expire):
     from dash import CeleryManager
 
+    import json
+
+    from compute.tasks import _redis
+
+    from .jobguard import RedisJobs, celery_guard, client_id, mark_ttl, progress_outputs
+
+    jobs = RedisJobs(_redis)
+
     class LostJobCeleryManager(CeleryManager):
         """A started job whose worker has no liveness beacon (compute.tasks) is lost; a queued job with
-        no worker alive at all will not start."""
+        no worker alive at all will not start. Admission, cancel marks, attempts and the queue position
+        come from visapp.jobguard."""
+
+        def make_job_fn(self, fn, progress, key=None):
+            return super().make_job_fn(celery_guard(fn, bool(progress), jobs), progress, key)
+
+        def call_job_fn(self, key, job_fn, args, context):
+            client = client_id()
+            try:
+                jobs.admit(client)
+                job = super().call_job_fn(key, job_fn, args, context)
+                jobs.started(client, job)
+                n = progress_outputs(getattr(job_fn, "name", "").replace("background_callback_", ""))
+                _redis().set(f"attnvis:jobkey:{key}", json.dumps([job, n]), ex=mark_ttl())
+            except CONNECTION_ERRORS:
+                raise StoreUnavailable(UNAVAILABLE) from None
+            return job
+
+        def get_progress(self, key):
+            progress = super().get_progress(key)
+            if progress is not None:
+                return progress
+            try:                                            # still queued: say where
+                raw = _redis().get(f"attnvis:jobkey:{key}")
+                if raw is None:
+                    return None
+                job, n = json.loads(raw)
+                task = self.get_task(job)
+                pos = jobs.position(job) if n and task is not None and task.status == "PENDING" else None
+            except CONNECTION_ERRORS:
+                return None
+            if not pos:
+                return None
+            msg = f"queued, position {pos}: waiting for a worker"
+            return ["0", msg] + [""] * (n - 2) if n >= 2 else [msg]
 
         def terminate_job(self, job):
             if job:                                         # a cancelled job is not a lost one
                 try:
                     self.handle.backend.set(f"attnvis-ended-{job}", "1")
                     self.handle.backend.expire(f"attnvis-ended-{job}", 3600)
+                    if jobs.ended(job) is None:
+                        jobs.end(job, "cancelled")          # the job stops at its next progress report
+                    jobs.finished(job)
                 except Exception:
                     pass
             return super().terminate_job(job)
@@ -262,7 +360,11 @@ def celery_manager(celery_app, expire):
                 if state == "STARTED":
                     info = task.info if isinstance(task.info, dict) else {}
                     host = info.get("hostname")
-                    return LOST_JOB if host and not worker_alive(host) else None
+                    if host and not worker_alive(host):
+                        jobs.end(job, "lost")               # the user is told: it must never run again
+                        jobs.finished(job)
+                        return LOST_JOB
+                    return None
                 if state == "PENDING":
                     return None if any_worker_alive() else NO_WORKER
             except CONNECTION_ERRORS:

@@ -36,13 +36,13 @@ def cache_config() -> dict:
             "CACHE_THRESHOLD": settings.get("ATTNVIS_CACHE_THRESHOLD"), "CACHE_DEFAULT_TIMEOUT": timeout}
 
 
-def codec_key() -> bytes:
+def codec_key(secret: str = "") -> bytes:
     """The key that signs cache values (visapp.cache_codec): derived from the app's secret, so every
     web process and worker that shares ATTNVIS_SECRET_KEY (or ATTNVIS_CACHE_DIR) reads the others'."""
     import hashlib
 
     from .hardening import secret_key
-    return hashlib.blake2b(secret_key().encode(), digest_size=32, person=b"attnvis-cache").digest()
+    return hashlib.blake2b((secret or secret_key()).encode(), digest_size=32, person=b"attnvis-cache").digest()
 
 
 def store():
