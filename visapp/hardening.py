@@ -312,7 +312,7 @@ def celery_manager(celery_app, expire):
             client = client_id()
             try:
                 jobs.admit(client)
-                job = super().call_job_fn(key, job_fn, args, context)
+                job = self._submit(key, job_fn, args, context)
                 jobs.started(client, job)
                 n = progress_outputs(getattr(job_fn, "name", "").replace("background_callback_", ""))
                 _redis().set(f"attnvis:jobkey:{key}", json.dumps([job, n]), ex=mark_ttl())
@@ -374,7 +374,7 @@ def celery_manager(celery_app, expire):
         def job_running(self, job):
             return bool(super().job_running(job)) and self._why_lost(job) is None
 
-        def call_job_fn(self, key, job_fn, args, context):
+        def _submit(self, key, job_fn, args, context):
             try:
                 return super().call_job_fn(key, job_fn, args, context)
             except CONNECTION_ERRORS:
