@@ -164,6 +164,8 @@ def analysis_loop(uid: int, base: str, rec: Recorder, ids: dict, defaults: dict,
 
 
 def tree_rss(pids: list[int]) -> int:
+    """Memory of the process trees: PSS (shared pages split among their sharers, so the model pages a
+    forked job shares with its web process count once), RSS where PSS cannot be read."""
     import psutil
     total = 0
     for pid in pids:
@@ -171,7 +173,10 @@ def tree_rss(pids: list[int]) -> int:
             p = psutil.Process(pid)
             for q in [p] + p.children(recursive=True):
                 try:
-                    total += q.memory_info().rss
+                    try:
+                        total += q.memory_full_info().pss
+                    except (psutil.AccessDenied, AttributeError):
+                        total += q.memory_info().rss
                 except psutil.NoSuchProcess:
                     pass
         except psutil.NoSuchProcess:
@@ -359,7 +364,7 @@ def main(argv=None) -> int:
                       f"{args.job_slots}): {astats['done']} finished, {astats['failed']} failed, "
                       f"{astats['refused']} refused by admission control, {astats['errors']} errors; end-to-end "
                       f"p50 {percentile(secs, 0.5):.1f} s, p95 {percentile(secs, 0.95):.1f} s (queueing included). "
-                      f"Process tree memory (RSS, gunicorn + jobs{' + Celery worker' if args.mode == 'redis' else ''}): "
+                      f"Process tree memory (PSS, gunicorn + jobs{' + Celery worker' if args.mode == 'redis' else ''}): "
                       f"{rss0 / 2**30:.2f} GiB before, peak {peak[0] / 2**30:.2f} GiB."]
     if rec.errors:
         lines += ["", "Errors (first 10):", ""] + [f"- {e}" for e in rec.errors[:10]]

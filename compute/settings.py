@@ -145,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ATTNVIS_JOB_SLOTS", "2", _int,
             "Embedded mode (no REDIS_URL): background jobs that run at once on this host; more wait in a queue "
             "and show their position. (With Celery the workers' count and concurrency bound it.)"),
-    Setting("ATTNVIS_CLIENT_JOBS", "2", _int,
+    Setting("ATTNVIS_CLIENT_JOBS", "4", _int,
             "Jobs (analyses, comparisons, zooms) one client address may have queued or running at once; more "
             "are refused with a message (0 = no cap). Behind a proxy every client has the proxy's address."),
     Setting("ATTNVIS_MAX_QUEUED", "20", _int,

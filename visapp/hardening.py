@@ -10,6 +10,7 @@
                    Celery worker died (SIGKILL, out of memory) and report it as an error the user can
                    retry, instead of a spinner that never ends; and that look for the result once more
                    when a job ends between Dash's "result?" and "running?" checks (else Dash drops it).
+                   They also admit, queue, cancel and bound jobs through visapp.jobguard.
   on_callback_error  the app-wide Dash error handler: any exception in any callback becomes a one-line
                    message in the page's error box (the full traceback goes to the server log only).
 """

@@ -17,7 +17,8 @@ request: model, text, options, analysis settings):
   <key>:qk:<l>       one layer's q/k for on-demand blocks of longer texts
   <key>:zoom:<..>    a full-resolution block of one head
   <key>:cmp:<..>     a variant comparison
-The core is written last, so a present core means its pieces were written.
+The core is written last, so a present core means its pieces were written; a failed write deletes the
+pieces (see _store_result). Values are data (visapp.cache_codec), never pickles; every key expires.
 """
 from __future__ import annotations
 
