@@ -73,7 +73,8 @@ def test_app_values_round_trip():
     zoom = {"head": [1, 2], "q0": 0, "q1": 4, "k0": 0, "k1": 4, "z": np.random.rand(4, 4).astype(np.float32)}
     odd = {"__t": "user text that looks like a tag", 3: "int key", (1, "a"): [1.5, float("nan"), float("inf")],
            "np": [np.float32(1.25), np.int64(-7), np.bool_(True)], "b": b"\x00\x01raw", "empty": np.zeros((0, 5)),
-           "nested": {"t": (1, (2, 3)), "none": None}, "u": "ünïcode \ud800"[:-1]}
+           "nested": {"t": (1, (2, 3)), "none": None}, "u": "ünïcode \ud800"[:-1], "set": {1, "a", (2, 3)},
+           "strings": np.array(["tok", "ünï", ""]), "raw": np.array([b"ab", b"c"])}
     for value in (cmp, zoom, odd, 7, "text", None, [1, 2], {"probes": ["induction"], "max_tokens": 8192}):
         back = cache_codec.loads(cache_codec.dumps(value, KEY), KEY)
         if isinstance(value, service.Comparison):

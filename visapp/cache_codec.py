@@ -10,7 +10,7 @@ Body:   u64 length of the JSON header | JSON header | array buffers, back to bac
 Header: {"v": tree, "a": [[dtype, shape, offset, nbytes], ...]}
 
 The tree is JSON with a few tagged nodes ({"__t": tag, ...}): ndarray (index into "a"), numpy scalar,
-bytes, tuple, a dict whose keys are not all strings (or that has a "__t" key), and dataclasses
+bytes, tuple, set, a dict whose keys are not all strings (or that has a "__t" key), and dataclasses
 registered with register() (AttentionResult here; the app registers its own). The MAC is keyed with
 the app's secret (ATTNVIS_SECRET_KEY or the generated one), so an entry someone wrote without the key,
 a corrupted one or one of another format version reads as missing (None) and is recomputed.
@@ -33,7 +33,7 @@ MAGIC = b"ATVC"
 VERSION = 1
 _HEAD = struct.Struct("<4sH32s")            # magic, version, MAC
 _LEN = struct.Struct("<Q")
-ARRAY_KINDS = "biufc"                       # bool, ints, floats, complex: never object ('O') or void
+ARRAY_KINDS = "biufcUS"                     # bool, numbers, fixed-width text/bytes: never object ('O') or void
 MAX_DIMS = 8
 _TYPES: dict[str, type] = {}
 
@@ -81,6 +81,8 @@ def _encode(x: Any, arrays: list) -> Any:
         return {"__t": "bytes", "i": len(arrays) - 1}
     if isinstance(x, tuple):
         return {"__t": "tuple", "v": [_encode(v, arrays) for v in x]}
+    if isinstance(x, (set, frozenset)):
+        return {"__t": "set", "v": [_encode(v, arrays) for v in x]}
     if isinstance(x, list):
         return [_encode(v, arrays) for v in x]
     if isinstance(x, dict):
@@ -155,6 +157,8 @@ def _decode(x: Any, arrays: list) -> Any:
         return dtype.type(complex(*v) if dtype.kind == "c" else v)
     if tag == "tuple":
         return tuple(_decode(v, arrays) for v in x["v"])
+    if tag == "set":
+        return {_hashable(_decode(v, arrays)) for v in x["v"]}
     if tag == "items":
         return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in x["v"]}
     if tag == "dc":
@@ -201,7 +205,7 @@ def loads(data: bytes, key: bytes) -> Any:
         return _decode(header["v"], arrays)
     except CodecError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
         raise CodecError(f"malformed frame ({exc.__class__.__name__}: {exc})") from None
 
 
