@@ -143,3 +143,22 @@ def test_forged_autorun_store_is_validated(forged, message):
     box = str(out[1])
     assert "Error" in box and message in box, box
     assert out[0] is not None and "key" not in str(out[0])
+
+
+def test_a_link_older_than_the_ttl_says_it_expired(analysed):
+    """Every key expires (:req included): a link to an analysis whose request is gone says so, and the
+    page falls back to the default example instead of silently showing something else."""
+    import app  # noqa: F401
+    from visapp import callbacks, ids
+    key, _ = analysed
+    gone = "0123456789abcdef01234567"
+    assert service.get_request(gone) is None
+    autorun = callbacks.boot("/overview", f"?a={gone}")
+    assert autorun.get("expired") is True and ("request" in autorun or "done" in autorun)
+    # the job's answer for a cached fallback carries the message (a computed one does the same)
+    done, box = callbacks.analysis_job(lambda v: None, None, None, {"done": key, "expired": True}, *([None] * 10),
+                                       trigger=ids.AUTORUN)
+    assert done["key"] == key and "expired" in str(box) and "ATTNVIS_CACHE_TIMEOUT_S" in str(box)
+    done, box = callbacks.analysis_job(lambda v: None, None, None, {"done": key}, *([None] * 10),
+                                       trigger=ids.AUTORUN)
+    assert box == ""

@@ -29,6 +29,8 @@ from .views import basin, entropy, generate, graphs, head, overview, sinks, vari
 log = logging.getLogger(__name__)
 CLICK_SOURCES = (ids.OV_GRAPH, ids.SK_MAP, ids.EN_MAP, ids.GR_HEADS)
 PENDING = "analysing… (the first analysis loads the model: allow a few seconds)"
+EXPIRED_LINK = ("the analysis in this link has expired (results are kept for ATTNVIS_CACHE_TIMEOUT_S); "
+                "showing the default example instead: analyse the text again to get a new link")
 
 
 # ---------------------------------------------------------------- helpers
@@ -138,11 +140,12 @@ def boot(pathname, search):
     if service.is_cached(key):
         raise PreventUpdate
     req = service.get_request(key) if st["a"] else None
+    expired = {"expired": True} if st["a"] and req is None else {}     # the link outlived its request
     req = req or default
     if service.is_cached(req.key()):
-        return {"done": req.key(), "model": req.model, "t": time.time()}
+        return {"done": req.key(), "model": req.model, "t": time.time(), **expired}
     service.warm_up(req.model, wait=True)       # the job forks after imports and loading are done
-    return {"request": req.to_dict(), "t": time.time()}
+    return {"request": req.to_dict(), "t": time.time(), **expired}
 
 
 @callback(Output(ids.RUN_INFO, "children"), Input(ids.STATE, "data"))
@@ -201,12 +204,15 @@ def analysis_job(set_progress, n_analyze, n_generate, autorun, model, path, text
     """Runs in a background process: validate, analyse (or generate + analyse), cache. Returns
     (done store, error box)."""
     trig = trigger or ctx.triggered_id
+    note = ""
     try:
         if trig == ids.AUTORUN:
             if not autorun:
                 return no_update, no_update
+            if autorun.get("expired"):
+                note = error_box(EXPIRED_LINK)
             if autorun.get("done"):
-                return {"key": autorun["done"], "model": autorun.get("model", ""), "t": time.time()}, ""
+                return {"key": autorun["done"], "model": autorun.get("model", ""), "t": time.time()}, note
             d = autorun.get("request")           # browser-sent: validated like the input panel's values
             if not isinstance(d, dict):
                 raise UserError("the page sent a malformed request; reload it")
@@ -218,7 +224,7 @@ def analysis_job(set_progress, n_analyze, n_generate, autorun, model, path, text
                 generate=(gen_tokens or 0) if trig == ids.GN_RUN else 0)
         service.job_setup()
         key = service.run_analysis(req, progress=lambda f, m: set_progress((str(int(round(100 * f))), m)))
-        return {"key": key, "model": req.model, "t": time.time()}, ""
+        return {"key": key, "model": req.model, "t": time.time()}, note
     except UserError as exc:
         return no_update, error_box(str(exc))
     except MemoryError:
