@@ -253,3 +253,45 @@ def test_redis_maxmemory_leaves_no_partial_entry(redis_store, redis_server, resu
     with pytest.raises(hardening.StoreWriteError, match="full"):
         service._store_result("oom", service.Request(text=res.text), res)
     assert not list(r.scan_iter("attnvis:app:oom:*")), "a partial entry was left"
+
+
+def test_redis_with_a_password(tmp_path, monkeypatch, result):
+    """docs/deployment.md's set-up: requirepass, the password in REDIS_URL; without it Redis refuses,
+    and no message shows the password."""
+    import redis as redislib
+
+    from deploy_procs import LOOPBACK, REDIS_BIN, free_port, stop
+    if REDIS_BIN is None:
+        pytest.skip("redis-server is not installed")
+    port, secret = free_port(), "s3cret-pass"
+    proc = subprocess.Popen([REDIS_BIN, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+                             "--requirepass", secret, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://:{secret}@{LOOPBACK}:{port}/0"
+        for _ in range(100):
+            try:
+                redislib.Redis.from_url(url).ping()
+                break
+            except redislib.ConnectionError:
+                import time
+                time.sleep(0.05)
+        with pytest.raises(redislib.AuthenticationError):
+            redislib.Redis(host=LOOPBACK, port=port).get("x")            # no password: refused
+        monkeypatch.setenv("REDIS_URL", url)
+        monkeypatch.setenv("ATTNVIS_CACHE_DIR", str(tmp_path))
+        monkeypatch.setenv("ATTNVIS_SECRET_KEY", "test-secret")
+        state.reset()
+        state.store().set("pw:core", result)
+        assert state.store().get("pw:core").n_tokens == result.n_tokens
+        from compute.tasks import _safe_url, unavailable_reason
+        assert secret not in _safe_url(url)
+        wrong = f"redis://:wrong@{LOOPBACK}:{port}/0"
+        monkeypatch.setenv("REDIS_URL", wrong)
+        state.reset()
+        with pytest.raises(hardening.StoreUnavailable) as ei:
+            state.store().get("pw:core")
+        assert "wrong" not in str(ei.value) and secret not in str(ei.value)
+        assert secret not in (unavailable_reason(url) or "") and "wrong" not in (unavailable_reason(wrong) or "")
+    finally:
+        state.reset()
+        stop(proc)
