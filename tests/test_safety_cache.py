@@ -32,7 +32,8 @@ def fresh_store(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def result(smollm):
-    from compute.engine import AnalysisOptions, analyze_text
+    from compute.options import AnalysisOptions
+    from compute.pipeline import analyze as analyze_text
     return analyze_text(smollm, "The cat sat on the mat. The cat sat.", AnalysisOptions(full_map_max=64))
 
 

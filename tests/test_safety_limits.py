@@ -60,7 +60,8 @@ def test_cli_compare_rejects_capped_variants_before_loading_a_model(tmp_path, sp
 def analysed(smollm, tmp_path_factory):
     """A real analysis in the app's store (file-system cache in a tmp folder); its key."""
     import os
-    from compute.engine import AnalysisOptions, analyze_text
+    from compute.options import AnalysisOptions
+    from compute.pipeline import analyze as analyze_text
     d = tmp_path_factory.mktemp("store")
     old = {k: os.environ.get(k) for k in ("ATTNVIS_CACHE_DIR", "REDIS_URL", "ATTNVIS_SECRET_KEY")}
     os.environ.update(ATTNVIS_CACHE_DIR=str(d), ATTNVIS_SECRET_KEY="limits-test")
