@@ -65,10 +65,19 @@ def step_records(logits, chosen: Sequence[int], decode, top_k: int = TOP_K) -> l
 
 
 def generate_text(lm, prompt: str, max_new_tokens: int = 32, max_tokens: int = 8192,
-                  top_k: int = TOP_K) -> Generation:
+                  top_k: int = TOP_K, cancel=None) -> Generation:
     """Greedy decoding (deterministic) of up to max_new_tokens tokens after the prompt, with each
-    token's probability and the top_k alternatives."""
+    token's probability and the top_k alternatives. cancel() is checked after every token (it raises,
+    or returns True to stop with compute.errors.Cancelled): a time limit or the user's Cancel."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from .capture import check_cancel
+
+    class _Checked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            check_cancel(cancel)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     from .engine import tokenize
 
@@ -89,7 +98,7 @@ def generate_text(lm, prompt: str, max_new_tokens: int = 32, max_tokens: int = 8
     with torch.no_grad():
         out = lm.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                 do_sample=False, num_beams=1, pad_token_id=pad, return_dict_in_generate=True,
-                                output_logits=True)
+                                output_logits=True, stopping_criteria=StoppingCriteriaList([_Checked()]))
     new = out.sequences[0, len(ids):].tolist()
     continuation = tok.decode(new, skip_special_tokens=True)
     if not continuation:

@@ -98,3 +98,20 @@ def test_probabilities_figure_from_a_real_generation(gen):
     fig = generation_probabilities(gen.steps, start=gen.prompt_tokens)
     np.testing.assert_allclose(np.asarray(fig.data[0].y, float), [s["prob"] for s in gen.steps], rtol=1e-6)
     assert list(fig.data[0].x) == list(range(gen.prompt_tokens, gen.prompt_tokens + gen.new_tokens))
+
+
+def test_generation_stops_on_cancel_or_time_limit(smollm):
+    """cancel() is checked after every generated token: Cancel and the time limit stop generation."""
+    from compute.errors import Cancelled
+    from compute.generate import generate_text
+    from compute.limits import Deadline, TimeLimitExceeded
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) >= 2
+    with pytest.raises(Cancelled):
+        generate_text(smollm, "Once upon a time", 30, cancel=cancel)
+    assert len(calls) == 2
+    with pytest.raises(TimeLimitExceeded):
+        generate_text(smollm, "Once upon a time", 30, cancel=Deadline(1e-9))

@@ -249,11 +249,10 @@ def run_analysis(req: Request, progress: Optional[Progress] = None, cancel=None)
     text, generation = req.text, None
     if req.generate:
         from compute.generate import generate_text
+        from compute.limits import Deadline
         p(0.02, f"generating {req.generate} tokens")
-        g = generate_text(lm, req.text, req.generate, req.max_tokens)
-        text = g.text
-        generation = {"prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
-                      "continuation": g.continuation, "prompt_chars": len(g.prompt)}
+        g = generate_text(lm, req.text, req.generate, req.max_tokens, cancel=Deadline(None, cancel))
+        text, generation = g.text, g.record()
     opts, sections = options_for(req)
     res = analyze(lm, text, opts, sections, progress=_progress(progress, 0.05, 0.97), cancel=cancel)
     if req.items == "none":
