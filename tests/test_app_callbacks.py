@@ -239,26 +239,32 @@ def test_head_selection_through_the_select_store(analysed):
     from visapp.pages import common, head
     key = analysed["key"]
     for sel in (head.select_head(3, 2), common.selection(head="17.5")):
-        search, st = run_cb(cb.sync_state, ids.SELECT, "/head", f"?a={key}", None, sel)
+        search, st = run_cb(cb.sync_state, ids.SELECT, "/head", f"?a={key}", sel)
         assert st["head"] == sel["head"] and f"head={sel['head']}" in search
         out = head.render_head(st, "max", None)
         assert out[-1].startswith(f"head {sel['head']} ")
         to_json([out, head.render_head_graph(st, 0.1, None), cb.navigation(st)])
-    search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}", None,
-                        common.selection(metric="entropy_mean"))
+    search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}", common.selection(metric="entropy_mean"))
     assert st["metric"] == "entropy_mean" and "metric=entropy_mean" in search
     # junk in the store changes nothing
-    search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}&head=1.1", None, {"head": "<b>", "t": 1})
-    assert st["head"] == "1.1"
+    for junk in ({"head": "<b>", "t": 1}, {"done": "../x"}, {"done": 3, "metric": []}, [], "x"):
+        search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}&head=1.1", junk)
+        assert st["head"] == "1.1" and st["a"] == key and st["metric"] == "sink_metric"
 
 
 def test_sync_state_merges_url_clicks_and_results(analysed):
     from visapp import callbacks as cb
     key = analysed["key"]
-    search, st = run_cb(cb.sync_state, "analysis-done", "/sinks", "?head=99.99", {"key": key, "model": "smollm2-135m"},
-                        None)
+    done = cb.relay_done({"key": key, "model": "smollm2-135m", "t": 1})         # a finished analysis
+    search, st = run_cb(cb.sync_state, "select-store", "/sinks", "?head=99.99", done)
     assert st["a"] == key and st["view"] == "sinks" and st["head"] == "29.8"       # clamped to the model
     assert f"a={key}" in search
+    # a finished analysis always reaches the pages, even when the state looks the same (a re-run of the
+    # link's own key); only the echo of sync_state's own URL write is dropped
+    assert run_cb(cb.sync_state, "select-store", "/sinks", search, done, st)[1] == st
+    from dash.exceptions import PreventUpdate
+    with pytest.raises(PreventUpdate):
+        run_cb(cb.sync_state, "url", "/sinks", search, done, st)
     from visapp.pages import head
     opts_l, opts_h = head.head_options(st)
     assert len(opts_l) == 30 and len(opts_h) == 9

@@ -2,8 +2,8 @@
 callbacks live in its page module (visapp.pages.<view>).
 
 Data flow (no cycles): the URL is the source of truth for the view state. `sync_state` merges URL
-changes, finished analyses and the pages' selections (the SELECT store) into the STATE store and
-writes the URL back. `route` fills the page container when the path changes (not on every query
+changes and the selections (the SELECT store: the pages' head/metric/scale, finished analyses via
+`relay_done`) into the STATE store and writes the URL back. `route` fills the page container when the path changes (not on every query
 change: a head click must not rebuild the page). `boot` (on page load) asks the analysis job to run
 when the wanted analysis is not cached: the link's stored request, or says in one line why it
 cannot. The analysis job is a background callback (visapp.state manager) and writes only small keys.
@@ -23,7 +23,7 @@ from compute.errors import UserError
 
 from . import export_ui, ids, pages, service, urlstate
 from .components import error_box, notice
-from .pages.common import NOT_STORED, current, status
+from .pages.common import NOT_STORED, current, selection, status
 from .presets import PRESETS
 from .state import background_manager
 from .urlstate import VIEWS
@@ -49,16 +49,20 @@ def route(pathname, search):
 
 @callback(
     Output(ids.URL, "search"), Output(ids.STATE, "data"),
-    Input(ids.URL, "pathname"), Input(ids.URL, "search"), Input(ids.DONE, "data"), Input(ids.SELECT, "data"),
+    Input(ids.URL, "pathname"), Input(ids.URL, "search"), Input(ids.SELECT, "data"),
     State(ids.STATE, "data"),
 )
-def sync_state(pathname, search, done, select, prev=None):
+def sync_state(pathname, search, select, prev=None):
+    """URL + the latest selection (a page's head/metric/scale, or a finished analysis) -> STATE and
+    the URL's query. No input here is a background job's output: the renderer holds a callback
+    until the callbacks writing its inputs have answered, and the job answers when it is done."""
     trig = ctx.triggered_id
     st = urlstate.parse(pathname, search)
-    if trig == ids.DONE and done:
-        st["a"], st["model"] = done["key"], done.get("model", "")
-    elif trig == ids.SELECT and select:
-        if urlstate.parse("/", f"?head={select.get('head', '')}")["head"] == select.get("head"):
+    if trig == ids.SELECT and isinstance(select, dict):
+        done = select.get("done")
+        if isinstance(done, str) and urlstate.parse("/", f"?a={done}")["a"] == done:
+            st["a"], st["model"] = done, str(select.get("model") or "")
+        if isinstance(select.get("head"), str) and urlstate.parse("/", f"?head={select['head']}")["head"] == select["head"]:
             st["head"] = select["head"]
         if select.get("metric") in urlstate.METRICS:
             st["metric"] = select["metric"]
@@ -71,7 +75,7 @@ def sync_state(pathname, search, done, select, prev=None):
     if a:
         st["head"], st["model"] = a.state["head"], a.res.model
     new_search = urlstate.to_search(st)
-    if st == prev and new_search == (search or ""):
+    if trig == ids.URL and st == prev and new_search == (search or ""):
         raise PreventUpdate       # the echo of our own URL write: the pages have drawn this state already
     return (new_search if new_search != (search or "") else no_update), st
 
@@ -234,6 +238,14 @@ def cancelled(n_clicks, state):
 
 
 # ---------------------------------------------------------------- relays (see ids.ZOOM_JOB)
+
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.DONE, "data"), prevent_initial_call=True)
+def relay_done(done):
+    """A finished analysis -> a selection of its key (sync_state must not wait on the job, see there)."""
+    if not isinstance(done, dict) or not done.get("key"):
+        raise PreventUpdate
+    return selection(done=done["key"], model=done.get("model", ""))
+
 
 @callback(Output(ids.ZOOM, "data"), Input(ids.ZOOM_JOB, "data"), prevent_initial_call=True)
 def relay_zoom(data):

@@ -158,6 +158,7 @@ def test_errors_show_in_the_page_and_results_stay(app_url, app_page):
     first = page.locator("#progress-msg").inner_text()
     assert not re.match(r"done|layer \d|loading|reductions", first), first
     expect(page.locator("#notice-box")).to_be_empty()
+    expect(page.locator("#progress-msg")).not_to_have_text(re.compile("^starting"), timeout=60_000)  # job runs
     page.click("#cancel-btn")
     expect(page.locator("#progress-wrap")).to_be_hidden(timeout=30_000)
     page.fill("#model-path", "/nonexistent/model-folder")
@@ -209,7 +210,7 @@ def test_variant_comparison(app_url, app_page):
     expect(options).to_have_count(2)
     second = options.nth(1).inner_text()
     options.nth(1).click()
-    expect(page.locator("#vr-diff")).to_contain_text(second)
+    expect(page.locator("#vr-diff")).to_contain_text(f"{second} − softmax", timeout=60_000)
     shot(page, "variants")
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Callable, Optional
+from urllib.parse import urlencode
 
 from dash import Input, Output, callback
 from dash.exceptions import PreventUpdate
@@ -115,5 +116,4 @@ def select_head_on_click(source: str) -> Callable:
 
 def query_state(view: str, query: dict) -> dict:
     """The URL state a page's layout is built with (Dash passes the query values as keywords)."""
-    from urllib.parse import urlencode
     return urlstate.parse(f"/{view}", "?" + urlencode({k: v for k, v in query.items() if isinstance(v, str)}))
