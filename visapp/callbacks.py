@@ -64,9 +64,9 @@ def sync_state(pathname, search, select, prev=None):
             st["a"], st["model"] = done, str(select.get("model") or "")
         if isinstance(select.get("head"), str) and urlstate.parse("/", f"?head={select['head']}")["head"] == select["head"]:
             st["head"] = select["head"]
-        if select.get("metric") in urlstate.METRICS:
+        if isinstance(select.get("metric"), str) and select["metric"] in urlstate.METRICS:
             st["metric"] = select["metric"]
-        if select.get("scale") in urlstate.SCALES:
+        if isinstance(select.get("scale"), str) and select["scale"] in urlstate.SCALES:
             st["scale"] = select["scale"]
     if not st["a"]:
         req = service.default_request()

@@ -224,7 +224,7 @@ def select_head(layer, head_):
 
 @callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_SCALE, "value"), prevent_initial_call=True)
 def select_scale(scale):
-    if scale not in urlstate.SCALES:
+    if not isinstance(scale, str) or scale not in urlstate.SCALES:
         raise PreventUpdate
     return selection(scale=scale)
 

@@ -131,7 +131,7 @@ def render_overview(a: Analysis, size_by, colours):
 
 @callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.OV_METRIC, "value"), prevent_initial_call=True)
 def select_metric(metric):
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise PreventUpdate
     return selection(metric=metric)
 
