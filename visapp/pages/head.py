@@ -217,9 +217,10 @@ def head_options(state):
 @callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_LAYER, "value"), Input(ids.HD_HEAD, "value"),
           prevent_initial_call=True)
 def select_head(layer, head_):
-    if layer is None or head_ is None:
-        raise PreventUpdate
-    return selection(head=f"{int(layer)}.{int(head_)}")
+    try:
+        return selection(head=f"{int(layer)}.{int(head_)}")
+    except (TypeError, ValueError):
+        raise PreventUpdate from None
 
 
 @callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_SCALE, "value"), prevent_initial_call=True)
