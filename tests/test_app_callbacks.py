@@ -247,6 +247,13 @@ def test_head_selection_through_the_select_store(analysed):
     search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}", common.selection(metric="entropy_mean"))
     assert st["metric"] == "entropy_mean" and "metric=entropy_mean" in search
     # junk in the store changes nothing
+    # a page's controls report their values when the page is inserted: the same value selects nothing
+    from dash.exceptions import PreventUpdate
+    with pytest.raises(PreventUpdate):
+        head.select_head(3, 2, state_for(key, "head", head="3.2"))
+    with pytest.raises(PreventUpdate):
+        head.select_scale("log", state_for(key, "head"))
+    assert head.select_scale("split", state_for(key, "head"))["scale"] == "split"
     for junk in ({"head": "<b>", "t": 1}, {"done": "../x"}, {"done": 3, "metric": []}, [], "x"):
         search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}&head=1.1", junk)
         assert st["head"] == "1.1" and st["a"] == key and st["metric"] == "sink_metric"

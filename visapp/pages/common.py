@@ -102,6 +102,14 @@ def selection(**values) -> dict:
     return {**values, "t": time.time()}
 
 
+def changed(state: Optional[dict], **values) -> dict:
+    """A selection of `values`, or PreventUpdate when the state holds them already (a page's controls
+    report their values when the page is inserted: no second render for nothing)."""
+    if isinstance(state, dict) and all(state.get(k) == v for k, v in values.items()):
+        raise PreventUpdate
+    return selection(**values)
+
+
 def select_head_on_click(source: str) -> Callable:
     """Register: a click on `source` (a figure whose points carry a head) selects that head."""
     def select(click):
