@@ -294,12 +294,14 @@ def test_lasting_links_rerun_the_stored_request_or_say_why_not(analysed):
     req = service.make_request(text="A short text whose result has expired.")
     state.store().set(f"{req.key()}:req", req.to_dict(), timeout=0)
     assert not service.is_cached(req.key())
-    autorun, note = cb.boot("/sinks", f"?a={req.key()}", None)
-    assert autorun["request"] == req.to_dict() and note == ""
+    load, note = cb.boot("/sinks", f"?a={req.key()}", None)
+    assert load["request"] == req.to_dict() and "loading the model smollm2-135m" in str(note)
     assert common.status(state_for(req.key(), "sinks")) == common.PENDING
+    autorun, note = cb.load_then_ask(load)                   # the model is loaded before the job forks
+    assert autorun["request"] == req.to_dict() and note == ""
     from dash.exceptions import PreventUpdate
     with pytest.raises(PreventUpdate):                       # a page switch while it runs asks nothing new
-        cb.boot("/head", f"?a={req.key()}", autorun)
+        cb.boot("/head", f"?a={req.key()}", load)
     with pytest.raises(PreventUpdate):                       # cached: nothing to do
         cb.boot("/head", f"?a={analysed['key']}", None)
 

@@ -31,6 +31,7 @@ from .urlstate import VIEWS
 log = logging.getLogger(__name__)
 CANCELLED = "cancelled; the previous result is shown"
 CANCELLED_NONE = "cancelled; there is no earlier result: press Analyze to start again"
+PREPARING = "loading the model {model} (once per server start), then analysing…"
 
 
 # ---------------------------------------------------------------- routing and state
@@ -90,8 +91,8 @@ def navigation(state):
     return (*hrefs, *classes)
 
 
-@callback(Output(ids.AUTORUN, "data"), Output(ids.NOTICE, "children", allow_duplicate=True),
-          Input(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.AUTORUN, "data"),
+@callback(Output(ids.LOAD_REQ, "data"), Output(ids.NOTICE, "children", allow_duplicate=True),
+          Input(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.LOAD_REQ, "data"),
           prevent_initial_call="initial_duplicate")
 def boot(pathname, search, asked):
     """Ask for the link's analysis when it is not cached: re-run its stored request (the key is the
@@ -107,8 +108,18 @@ def boot(pathname, search, asked):
         return no_update, notice(NOT_STORED, "warn")
     if asked and (asked.get("request") or {}) == req.to_dict():
         raise PreventUpdate                      # already asked (a page switch while it runs)
-    service.warm_up(req.model)                   # loads in the background; the job's fork waits for it
-    return {"request": req.to_dict(), "t": time.time()}, ""
+    return {"request": req.to_dict(), "t": time.time()}, notice(PREPARING.format(model=req.model))
+
+
+@callback(Output(ids.AUTORUN, "data"), Output(ids.NOTICE, "children", allow_duplicate=True),
+          Input(ids.LOAD_REQ, "data"), prevent_initial_call=True)
+def load_then_ask(load_req):
+    """Load the model in this (web) process, then ask the job to run: the job forks from here and
+    must not fork while a load or an import is half done (see visapp.service.warm_up)."""
+    if not isinstance(load_req, dict) or not isinstance(load_req.get("request"), dict):
+        raise PreventUpdate
+    service.warm_up(str(load_req["request"].get("model") or service.DEFAULT_MODEL), wait=True)
+    return {"request": load_req["request"], "t": time.time()}, ""
 
 
 @callback(Output(ids.RUN_INFO, "children"), Input(ids.STATE, "data"))
