@@ -76,7 +76,7 @@ def switch(key: str, layer: int, head: int) -> dict:
     from visapp import ids
     from visapp.pages import head as hp
     sel = hp.select_head(layer, head)
-    search, st = call(cb.sync_state, ids.SELECT, "/head", f"?a={key}", None, sel)
+    search, st = call(cb.sync_state, ids.SELECT, "/head", f"?a={key}", sel)
     to_json([search, st, hp.render_head(st, "max", None), hp.render_head_graph(st, 0.1, None), hp.head_options(st),
              cb.navigation(st), cb.run_info(st)])
     return st

@@ -239,26 +239,39 @@ def test_head_selection_through_the_select_store(analysed):
     from visapp.pages import common, head
     key = analysed["key"]
     for sel in (head.select_head(3, 2), common.selection(head="17.5")):
-        search, st = run_cb(cb.sync_state, ids.SELECT, "/head", f"?a={key}", None, sel)
+        search, st = run_cb(cb.sync_state, ids.SELECT, "/head", f"?a={key}", sel)
         assert st["head"] == sel["head"] and f"head={sel['head']}" in search
         out = head.render_head(st, "max", None)
         assert out[-1].startswith(f"head {sel['head']} ")
         to_json([out, head.render_head_graph(st, 0.1, None), cb.navigation(st)])
-    search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}", None,
-                        common.selection(metric="entropy_mean"))
+    search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}", common.selection(metric="entropy_mean"))
     assert st["metric"] == "entropy_mean" and "metric=entropy_mean" in search
     # junk in the store changes nothing
-    search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}&head=1.1", None, {"head": "<b>", "t": 1})
-    assert st["head"] == "1.1"
+    # a page's controls report their values when the page is inserted: the same value selects nothing
+    from dash.exceptions import PreventUpdate
+    with pytest.raises(PreventUpdate):
+        head.select_head(3, 2, state_for(key, "head", head="3.2"))
+    with pytest.raises(PreventUpdate):
+        head.select_scale("log", state_for(key, "head"))
+    assert head.select_scale("split", state_for(key, "head"))["scale"] == "split"
+    for junk in ({"head": "<b>", "t": 1}, {"done": "../x"}, {"done": 3, "metric": []}, [], "x"):
+        search, st = run_cb(cb.sync_state, ids.SELECT, "/overview", f"?a={key}&head=1.1", junk)
+        assert st["head"] == "1.1" and st["a"] == key and st["metric"] == "sink_metric"
 
 
 def test_sync_state_merges_url_clicks_and_results(analysed):
     from visapp import callbacks as cb
     key = analysed["key"]
-    search, st = run_cb(cb.sync_state, "analysis-done", "/sinks", "?head=99.99", {"key": key, "model": "smollm2-135m"},
-                        None)
+    done = cb.relay_done({"key": key, "model": "smollm2-135m", "t": 1})         # a finished analysis
+    search, st = run_cb(cb.sync_state, "select-store", "/sinks", "?head=99.99", done)
     assert st["a"] == key and st["view"] == "sinks" and st["head"] == "29.8"       # clamped to the model
     assert f"a={key}" in search
+    # a finished analysis always reaches the pages, even when the state looks the same (a re-run of the
+    # link's own key); only the echo of sync_state's own URL write is dropped
+    assert run_cb(cb.sync_state, "select-store", "/sinks", search, done, st)[1] == st
+    from dash.exceptions import PreventUpdate
+    with pytest.raises(PreventUpdate):
+        run_cb(cb.sync_state, "url", "/sinks", search, done, st)
     from visapp.pages import head
     opts_l, opts_h = head.head_options(st)
     assert len(opts_l) == 30 and len(opts_h) == 9
@@ -281,12 +294,14 @@ def test_lasting_links_rerun_the_stored_request_or_say_why_not(analysed):
     req = service.make_request(text="A short text whose result has expired.")
     state.store().set(f"{req.key()}:req", req.to_dict(), timeout=0)
     assert not service.is_cached(req.key())
-    autorun, note = cb.boot("/sinks", f"?a={req.key()}", None)
-    assert autorun["request"] == req.to_dict() and note == ""
+    load, note = cb.boot("/sinks", f"?a={req.key()}", None)
+    assert load["request"] == req.to_dict() and "loading the model smollm2-135m" in str(note)
     assert common.status(state_for(req.key(), "sinks")) == common.PENDING
+    autorun, note = cb.load_then_ask(load)                   # the model is loaded before the job forks
+    assert autorun["request"] == req.to_dict() and note == ""
     from dash.exceptions import PreventUpdate
     with pytest.raises(PreventUpdate):                       # a page switch while it runs asks nothing new
-        cb.boot("/head", f"?a={req.key()}", autorun)
+        cb.boot("/head", f"?a={req.key()}", load)
     with pytest.raises(PreventUpdate):                       # cached: nothing to do
         cb.boot("/head", f"?a={analysed['key']}", None)
 

@@ -2,8 +2,8 @@
 callbacks live in its page module (visapp.pages.<view>).
 
 Data flow (no cycles): the URL is the source of truth for the view state. `sync_state` merges URL
-changes, finished analyses and the pages' selections (the SELECT store) into the STATE store and
-writes the URL back. `route` fills the page container when the path changes (not on every query
+changes and the selections (the SELECT store: the pages' head/metric/scale, finished analyses via
+`relay_done`) into the STATE store and writes the URL back. `route` fills the page container when the path changes (not on every query
 change: a head click must not rebuild the page). `boot` (on page load) asks the analysis job to run
 when the wanted analysis is not cached: the link's stored request, or says in one line why it
 cannot. The analysis job is a background callback (visapp.state manager) and writes only small keys.
@@ -23,7 +23,7 @@ from compute.errors import UserError
 
 from . import export_ui, ids, pages, service, urlstate
 from .components import error_box, notice
-from .pages.common import NOT_STORED, current, status
+from .pages.common import NOT_STORED, current, selection, status
 from .presets import PRESETS
 from .state import background_manager
 from .urlstate import VIEWS
@@ -31,6 +31,7 @@ from .urlstate import VIEWS
 log = logging.getLogger(__name__)
 CANCELLED = "cancelled; the previous result is shown"
 CANCELLED_NONE = "cancelled; there is no earlier result: press Analyze to start again"
+PREPARING = "loading the model {model} (once per server start), then analysing…"
 
 
 # ---------------------------------------------------------------- routing and state
@@ -49,20 +50,24 @@ def route(pathname, search):
 
 @callback(
     Output(ids.URL, "search"), Output(ids.STATE, "data"),
-    Input(ids.URL, "pathname"), Input(ids.URL, "search"), Input(ids.DONE, "data"), Input(ids.SELECT, "data"),
+    Input(ids.URL, "pathname"), Input(ids.URL, "search"), Input(ids.SELECT, "data"),
     State(ids.STATE, "data"),
 )
-def sync_state(pathname, search, done, select, prev=None):
+def sync_state(pathname, search, select, prev=None):
+    """URL + the latest selection (a page's head/metric/scale, or a finished analysis) -> STATE and
+    the URL's query. No input here is a background job's output: the renderer holds a callback
+    until the callbacks writing its inputs have answered, and the job answers when it is done."""
     trig = ctx.triggered_id
     st = urlstate.parse(pathname, search)
-    if trig == ids.DONE and done:
-        st["a"], st["model"] = done["key"], done.get("model", "")
-    elif trig == ids.SELECT and select:
-        if urlstate.parse("/", f"?head={select.get('head', '')}")["head"] == select.get("head"):
+    if trig == ids.SELECT and isinstance(select, dict):
+        done = select.get("done")
+        if isinstance(done, str) and urlstate.parse("/", f"?a={done}")["a"] == done:
+            st["a"], st["model"] = done, str(select.get("model") or "")
+        if isinstance(select.get("head"), str) and urlstate.parse("/", f"?head={select['head']}")["head"] == select["head"]:
             st["head"] = select["head"]
-        if select.get("metric") in urlstate.METRICS:
+        if isinstance(select.get("metric"), str) and select["metric"] in urlstate.METRICS:
             st["metric"] = select["metric"]
-        if select.get("scale") in urlstate.SCALES:
+        if isinstance(select.get("scale"), str) and select["scale"] in urlstate.SCALES:
             st["scale"] = select["scale"]
     if not st["a"]:
         req = service.default_request()
@@ -71,7 +76,7 @@ def sync_state(pathname, search, done, select, prev=None):
     if a:
         st["head"], st["model"] = a.state["head"], a.res.model
     new_search = urlstate.to_search(st)
-    if st == prev and new_search == (search or ""):
+    if trig == ids.URL and st == prev and new_search == (search or ""):
         raise PreventUpdate       # the echo of our own URL write: the pages have drawn this state already
     return (new_search if new_search != (search or "") else no_update), st
 
@@ -86,8 +91,8 @@ def navigation(state):
     return (*hrefs, *classes)
 
 
-@callback(Output(ids.AUTORUN, "data"), Output(ids.NOTICE, "children", allow_duplicate=True),
-          Input(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.AUTORUN, "data"),
+@callback(Output(ids.LOAD_REQ, "data"), Output(ids.NOTICE, "children", allow_duplicate=True),
+          Input(ids.URL, "pathname"), State(ids.URL, "search"), State(ids.LOAD_REQ, "data"),
           prevent_initial_call="initial_duplicate")
 def boot(pathname, search, asked):
     """Ask for the link's analysis when it is not cached: re-run its stored request (the key is the
@@ -103,8 +108,18 @@ def boot(pathname, search, asked):
         return no_update, notice(NOT_STORED, "warn")
     if asked and (asked.get("request") or {}) == req.to_dict():
         raise PreventUpdate                      # already asked (a page switch while it runs)
-    service.warm_up(req.model)                   # loads in the background; the job's fork waits for it
-    return {"request": req.to_dict(), "t": time.time()}, ""
+    return {"request": req.to_dict(), "t": time.time()}, notice(PREPARING.format(model=req.model))
+
+
+@callback(Output(ids.AUTORUN, "data"), Output(ids.NOTICE, "children", allow_duplicate=True),
+          Input(ids.LOAD_REQ, "data"), prevent_initial_call=True)
+def load_then_ask(load_req):
+    """Load the model in this (web) process, then ask the job to run: the job forks from here and
+    must not fork while a load or an import is half done (see visapp.service.warm_up)."""
+    if not isinstance(load_req, dict) or not isinstance(load_req.get("request"), dict):
+        raise PreventUpdate
+    service.warm_up(str(load_req["request"].get("model") or service.DEFAULT_MODEL), wait=True)
+    return {"request": load_req["request"], "t": time.time()}, ""
 
 
 @callback(Output(ids.RUN_INFO, "children"), Input(ids.STATE, "data"))
@@ -235,6 +250,14 @@ def cancelled(n_clicks, state):
 
 
 # ---------------------------------------------------------------- relays (see ids.ZOOM_JOB)
+
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.DONE, "data"), prevent_initial_call=True)
+def relay_done(done):
+    """A finished analysis -> a selection of its key (sync_state must not wait on the job, see there)."""
+    if not isinstance(done, dict) or not done.get("key"):
+        raise PreventUpdate
+    return selection(done=done["key"], model=done.get("model", ""))
+
 
 @callback(Output(ids.ZOOM, "data"), Input(ids.ZOOM_JOB, "data"), prevent_initial_call=True)
 def relay_zoom(data):

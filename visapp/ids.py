@@ -7,6 +7,7 @@ URL = "url"
 STATE = "view-state"                 # dcc.Store: parsed URL state (small JSON)
 DONE = "analysis-done"               # dcc.Store: {"key", "model", "t"} written by the analysis job
 AUTORUN = "autorun"                  # dcc.Store: a request the page asks the job to run at load
+LOAD_REQ = "load-request"            # dcc.Store: a request whose model is loaded before AUTORUN
 FILLED = "filled-key"                # dcc.Store: analysis key whose inputs are shown in the panel
 ZOOM = "zoom-store"                  # dcc.Store: cache key of the zoomed block (long texts)
 ZOOM_REQ = "zoom-request"            # dcc.Store: the region a click on a pooled map asks for

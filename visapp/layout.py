@@ -65,7 +65,8 @@ def serve_layout() -> html.Div:
     loads no model, so the status line shows at once."""
     return html.Div([
         dcc.Location(id=ids.URL, refresh="callback-nav"),
-        dcc.Store(id=ids.STATE), dcc.Store(id=ids.DONE), dcc.Store(id=ids.AUTORUN), dcc.Store(id=ids.FILLED),
+        dcc.Store(id=ids.STATE), dcc.Store(id=ids.DONE), dcc.Store(id=ids.AUTORUN), dcc.Store(id=ids.LOAD_REQ),
+        dcc.Store(id=ids.FILLED),
         dcc.Store(id=ids.ZOOM), dcc.Store(id=ids.ZOOM_REQ), dcc.Store(id=ids.COMPARE),
         dcc.Store(id=ids.ZOOM_JOB), dcc.Store(id=ids.COMPARE_JOB), dcc.Store(id=ids.SELECT),
         dcc.Store(id=ids.GEN_REQ),

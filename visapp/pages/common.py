@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Callable, Optional
+from urllib.parse import urlencode
 
 from dash import Input, Output, callback
 from dash.exceptions import PreventUpdate
@@ -36,22 +37,22 @@ class Analysis:
 
 def status(state: Optional[dict]) -> str:
     """Why a view has nothing to show: still analysing, or a link whose request is stored nowhere."""
-    key = (state or {}).get("a")
-    if key and key != service.default_request().key() and service.get_request(key) is None:
+    key = state.get("a") if isinstance(state, dict) else None
+    if isinstance(key, str) and key and key != service.default_request().key() and service.get_request(key) is None:
         return NOT_STORED
     return PENDING
 
 
 def current(state: Optional[dict]) -> Optional[Analysis]:
     """The state's analysis, or None while it is not cached."""
-    if not state or not state.get("a"):
+    if not isinstance(state, dict) or not isinstance(state.get("a"), str) or not state["a"]:
         return None
     try:
         res = service.get_result(state["a"])
     except service.NotCached:
         return None
     st = dict(state)
-    st["head"] = urlstate.clamp_head(st.get("head", "0.0"), res.n_layers, res.n_heads)
+    st["head"] = urlstate.clamp_head(str(st.get("head", "0.0")), res.n_layers, res.n_heads)
     return Analysis(st, st["a"], res, service.summary(res))
 
 
@@ -62,7 +63,7 @@ def on_analysis(view: str, placeholder: Callable[[str], Any]):
     def deco(fn):
         @wraps(fn)
         def wrapper(state, *controls):
-            if not state or state.get("view") != view:
+            if not isinstance(state, dict) or state.get("view") != view:
                 raise PreventUpdate
             a = current(state)
             return placeholder(status(state)) if a is None else fn(a, *controls)
@@ -101,6 +102,14 @@ def selection(**values) -> dict:
     return {**values, "t": time.time()}
 
 
+def changed(state: Optional[dict], **values) -> dict:
+    """A selection of `values`, or PreventUpdate when the state holds them already (a page's controls
+    report their values when the page is inserted: no second render for nothing)."""
+    if isinstance(state, dict) and all(state.get(k) == v for k, v in values.items()):
+        raise PreventUpdate
+    return selection(**values)
+
+
 def select_head_on_click(source: str) -> Callable:
     """Register: a click on `source` (a figure whose points carry a head) selects that head."""
     def select(click):
@@ -115,5 +124,4 @@ def select_head_on_click(source: str) -> Callable:
 
 def query_state(view: str, query: dict) -> dict:
     """The URL state a page's layout is built with (Dash passes the query values as keywords)."""
-    from urllib.parse import urlencode
     return urlstate.parse(f"/{view}", "?" + urlencode({k: v for k, v in query.items() if isinstance(v, str)}))

@@ -16,7 +16,7 @@ from ..figures import (arc_diagram, attention_heatmap, empty_figure, pooled_heat
                        received_bars, token_labels, zoom_window)
 from ..state import background_manager
 from ..templates import SCREEN
-from .common import Analysis, current, head_rows, on_analysis, query_state, selection
+from .common import Analysis, changed, current, head_rows, on_analysis, query_state
 
 EXPORT_CONTROLS = (("pool", ids.HD_POOL, "value"), ("head_threshold", ids.HD_THRESHOLD, "value"),
                    ("zoom", ids.ZOOM, "data"))
@@ -215,18 +215,20 @@ def head_options(state):
 
 
 @callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_LAYER, "value"), Input(ids.HD_HEAD, "value"),
+          State(ids.STATE, "data"), prevent_initial_call=True)
+def select_head(layer, head_, state=None):
+    try:
+        return changed(state, head=f"{int(layer)}.{int(head_)}")
+    except (TypeError, ValueError):
+        raise PreventUpdate from None
+
+
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_SCALE, "value"), State(ids.STATE, "data"),
           prevent_initial_call=True)
-def select_head(layer, head_):
-    if layer is None or head_ is None:
+def select_scale(scale, state=None):
+    if not isinstance(scale, str) or scale not in urlstate.SCALES:
         raise PreventUpdate
-    return selection(head=f"{int(layer)}.{int(head_)}")
-
-
-@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.HD_SCALE, "value"), prevent_initial_call=True)
-def select_scale(scale):
-    if scale not in urlstate.SCALES:
-        raise PreventUpdate
-    return selection(scale=scale)
+    return changed(state, scale=scale)
 
 
 @callback(Output(ids.ZOOM_REQ, "data"), Input(ids.HD_MAP, "clickData"), State(ids.STATE, "data"),

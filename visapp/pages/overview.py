@@ -5,7 +5,7 @@ import re
 from typing import Optional
 
 import numpy as np
-from dash import Input, Output, callback, dcc, html
+from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
 from .. import ids
@@ -13,7 +13,7 @@ from ..components import controls, graph, labelled, section, table
 from ..figures import empty_figure, head_grid
 from ..templates import SCREEN, SEQUENTIAL_SCALES
 from ..urlstate import METRICS
-from .common import Analysis, on_analysis, query_state, select_head_on_click, selection
+from .common import Analysis, changed, on_analysis, query_state, select_head_on_click
 
 EXPORT_CONTROLS = (("size_by", ids.OV_SIZE, "value"), ("colours", ids.OV_COLORS, "value"))
 
@@ -129,11 +129,12 @@ def render_overview(a: Analysis, size_by, colours):
             render_side(a.res, a.summ, a.head))
 
 
-@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.OV_METRIC, "value"), prevent_initial_call=True)
-def select_metric(metric):
-    if metric not in METRICS:
+@callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.OV_METRIC, "value"), State(ids.STATE, "data"),
+          prevent_initial_call=True)
+def select_metric(metric, state=None):
+    if not isinstance(metric, str) or metric not in METRICS:
         raise PreventUpdate
-    return selection(metric=metric)
+    return changed(state, metric=metric)
 
 
 select_head_on_click(ids.OV_GRAPH)
