@@ -119,6 +119,7 @@ TR_POSITION = "tr-position"
 TR_TOKEN_PREFIX = "tr-tok"           # pattern id {"type": TR_TOKEN_PREFIX, "index": i}: token strip buttons
 TR_TOKENS = "tr-tokens"
 TR_KEY = "tr-key"
+TR_RUN = "tr-run"
 TR_CANCEL = "tr-cancel"
 TR_PROGRESS = "tr-progress"
 TR_PROGRESS_MSG = "tr-progress-msg"
