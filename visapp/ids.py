@@ -112,8 +112,8 @@ GN_USE = "gn-use"                    # button: use prompt + continuation as the 
 # model view / trace a token (visapp.pages.model, visapp.pages.trace)
 MV_GRAPH = "mv-graph"
 MV_NOTE = "mv-note"
-TRACE = "trace-store"                # dcc.Store: {"a", "position", "tk"} of the trace shown (relayed)
-TRACE_JOB = "trace-job-store"        # the trace job's output (relayed to TRACE, see ZOOM_JOB)
+TRACE = "trace-store"                # dcc.Store in the trace page: {"a", "position", "tk"} of the trace shown
+TRACE_JOB = "trace-job-store"        # shell store: the trace job's output, relayed to TRACE (see ZOOM_JOB)
 TR_REQ = "tr-request"                # dcc.Store: the trace the page asks the job for
 TR_POSITION = "tr-position"
 TR_TOKEN_PREFIX = "tr-tok"           # pattern id {"type": TR_TOKEN_PREFIX, "index": i}: token strip buttons

@@ -57,6 +57,8 @@ def layout(**query) -> html.Div:
                          id=ids.TR_PROGRESS_WRAP, style={"display": "none"}),
                 html.Div(id=ids.TR_ERROR, role="alert"), html.Div(id=ids.TR_JOB_ERROR, role="alert"),
                 html.Div(id=ids.TR_SUMMARY), dcc.Store(id=ids.TR_REQ),
+                # page stores: a callback with an output in the shell would need these inputs on every page
+                dcc.Store(id=ids.TRACE),
                 help_text=help_text()),
         section("Rollout and flow", graph(ids.TR_ROLLOUT, 460),
                 help_text="What P draws on from each input token: attention rollout (head-mean maps mixed with the "
