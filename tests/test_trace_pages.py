@@ -263,3 +263,56 @@ def test_every_trace_figure_exports_with_its_data(key, traced):
     assert data["filename"].endswith(".svg") and "exported" in msg
     data, msg = export_download("model", "figure", part="grid", fmt="svg", state=state_for(key, "model"))
     assert data["filename"].endswith(".svg")
+
+
+def test_flow_past_its_limit_is_omitted_with_the_reason_on_the_page(env, smollm):
+    """A 40-token text: flow (limit 32 tokens) is left out and the page says why; rollout is still drawn."""
+    from compute.tracing.flow import FLOW_MAX_TOKENS
+    from visapp import service
+    from visapp.pages import trace
+    text = "One two three four five six seven eight nine ten. " * 4
+    key = service.run_analysis(service.make_request(text=text, items="none"))
+    n = service.get_result(key).n_tokens
+    assert n > FLOW_MAX_TOKENS
+    store, err = trace.trace_job(lambda p: None, {"a": key, "position": None})
+    assert err == ""
+    summary, f_bars = trace.render_trace(state_for(key, "trace"), store, None)[:2]
+    words = texts_of(summary)
+    assert "flow left out" in words and f"computed up to {FLOW_MAX_TOKENS} tokens" in words and f"sees {n}" in words
+    assert len(f_bars.data) == 1 and len(f_bars.data[0].y) == n                       # rollout only
+    assert f"computed up to {FLOW_MAX_TOKENS} tokens" in f_bars.layout.annotations[0].text
+    assert trace.window(n, n - 1, 16) == (n - 16, n) and trace.window(n, 3, 16) == (0, 16)
+    assert trace.window(n, n - 1, n) is None and trace.window(100, 50, 20) == (40, 60)
+
+
+def test_encoder_trace_says_what_it_cannot_show(env, minilm):
+    """MiniLM: no unembedding, so no lens and no contributions (the page says why); rollout covers every token
+    (bidirectional); the neuron view has no separate pre-rotation q/k; the model view draws full maps."""
+    from visapp import service
+    from visapp.pages import model, trace
+    key = service.run_analysis(service.make_request(model="minilm-l6", text="The cat sat on the mat.", items="none"))
+    res = service.get_result(key)
+    fig, _ = model.render_model(state_for(key, "model", head="1.1"))
+    assert len(fig.data[1].customdata) == res.n_layers * res.n_heads
+    assert not np.isnan(np.asarray(fig.data[0].z, float)[:res.n_tokens, :res.n_tokens]).any()   # no causal mask
+    store, err = trace.trace_job(lambda p: None, {"a": key, "position": 2})
+    assert err == ""
+    summary, f_bars, f_graph, f_lens, f_contrib, f_neuron = trace.render_trace(state_for(key, "trace", head="1.1"),
+                                                                                store, 4)
+    assert len(f_bars.data[0].y) == res.n_tokens
+    assert "logit lens: not available (an encoder has no unembedding" in f_lens.layout.annotations[0].text
+    assert "head contributions: not available" in f_contrib.layout.annotations[0].text
+    assert len(f_neuron.data) == 3 and "key 4" in f_neuron.layout.title.text      # after the encoding only
+    assert service.importance_of(key) is None
+
+
+def test_an_expired_trace_says_so(key):
+    from visapp import state, trace_jobs
+    from visapp.pages import trace
+    store, err = trace.trace_job(lambda p: None, {"a": key, "position": 1})
+    assert err == "" and trace.render_trace(state_for(key, "trace"), store, None)[1].data
+    state.store().delete(store["tk"])
+    out = trace.render_trace(state_for(key, "trace"), store, None)
+    assert "no longer cached: press Trace" in texts_of(out[0]) and not any(f.data for f in out[1:])
+    req = trace.want_trace(state_for(key, "trace"), 1, 0, None, store, trigger="x")[0]
+    assert req["position"] == 1                       # asks the job again

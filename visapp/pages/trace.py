@@ -67,15 +67,14 @@ def layout(**query) -> html.Div:
         section("Rollout through the layers", graph(ids.TR_GRAPH, 560),
                 help_text="Node (layer, token): the share of P's rollout that passes through that token after that "
                           "layer; edges: the strongest attention links."),
-        html.Div([section("Logit lens", graph(ids.TR_LENS, 560),
-                          help_text="The top tokens after each layer (the residual at P through the final norm and "
-                                    "unembedding) and the rank of the actual next token."),
-                  section("Head contributions", graph(ids.TR_CONTRIB, 560),
-                          help_text="Each head's direct contribution to the logit of the predicted token; the heads "
-                                    "plus the rest (embeddings, MLPs, biases) sum to the logit. Click a head to "
-                                    "select it (the neuron view below follows); the overview's 'size by "
-                                    "importance' uses |contribution| when the analysis has no importance.")],
-                 className="grid2"),
+        section("Logit lens", graph(ids.TR_LENS, 560),
+                help_text="The top tokens after each layer (the residual at P through the final norm and "
+                          "unembedding) and the rank of the actual next token."),
+        section("Head contributions", graph(ids.TR_CONTRIB, 560),
+                help_text="Each head's direct contribution to the logit of the predicted token; the heads plus the "
+                          "rest (embeddings, MLPs, biases) sum to the logit. Click a head to select it (the neuron "
+                          "view below follows); the overview's 'size by importance' uses |contribution| when the "
+                          "analysis has no importance."),
         section("Neuron view of the selected head",
                 controls(labelled("Key position", dcc.Input(id=ids.TR_KEY, type="number", min=0, step=1,
                                                              placeholder="strongest key", debounce=True,
@@ -298,9 +297,13 @@ def _placeholder(msg: str):
 def render_trace(a: Analysis, store, key_value):
     tr, tk = trace_of(a.key, store)
     if tr is None:
-        bad = store is not None and isinstance(store, dict) and store.get("a") == a.key
-        return (error_box("the trace store does not match this analysis; pick the position again") if bad else "",
-                *render(a.res, None, None, a.head))
+        if tk is not None:
+            why = notice("this trace is no longer cached: press Trace to run it again", "warn")
+        elif isinstance(store, dict) and store.get("a") == a.key:
+            why = error_box("the trace store does not match this analysis; pick the position again")
+        else:
+            why = ""                  # nothing traced yet, or the store of the previous analysis
+        return (why, *render(a.res, None, None, a.head))
     return (summary(tr), *render(a.res, tr, neuron_of(tk, a.head, key_value), a.head))
 
 
