@@ -4,7 +4,6 @@ the stored q/k against a fresh build_trace and the analysis' own maps, importanc
 input (position out of range, forged stores) as one message, and the export of every new figure."""
 import json
 import os
-import time
 from contextvars import copy_context
 
 import numpy as np
@@ -52,7 +51,6 @@ def key(env, smollm):
 @pytest.fixture(scope="module")
 def traced(key):
     """The trace of the last token, through the page's job function (in-process)."""
-    from visapp import ids
     from visapp.pages import trace
     seen = []
     store, err = trace.trace_job(lambda p: seen.append(p), {"a": key, "position": None, "t": 0})
@@ -197,7 +195,7 @@ def test_neuron_view_from_stored_qk_equals_a_fresh_trace(key, traced, smollm):
 
 
 def test_bad_input_is_one_message(key, traced):
-    from visapp import service, trace_jobs
+    from visapp import service
     from visapp.pages import trace
     n = service.get_result(key).n_tokens
     for bad, msg in ((n, f"position {n} is outside the text: it has {n} tokens"), (-1, "outside the text"),
@@ -307,7 +305,7 @@ def test_encoder_trace_says_what_it_cannot_show(env, minilm):
 
 
 def test_an_expired_trace_says_so(key):
-    from visapp import state, trace_jobs
+    from visapp import state
     from visapp.pages import trace
     store, err = trace.trace_job(lambda p: None, {"a": key, "position": 1})
     assert err == "" and trace.render_trace(state_for(key, "trace"), store, None)[1].data

@@ -15,7 +15,7 @@ from compute.errors import UserError
 
 from .. import ids, service, trace_jobs
 from ..components import controls, error_box, graph, labelled, notice, plain_token, section
-from ..figures import empty_figure, show_token
+from ..figures import empty_figure
 from ..figures.tracing import (MAX_BAR_TOKENS, MAX_GRAPH_TOKENS, contributions_map, layer_token_graph,
                                logit_lens_figure, neuron_bars, rollout_bars)
 from ..state import background_manager
