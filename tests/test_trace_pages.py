@@ -280,6 +280,24 @@ def test_flow_past_its_limit_is_omitted_with_the_reason_on_the_page(env, smollm)
     assert len(f_bars.data) == 1 and len(f_bars.data[0].y) == n                       # rollout only
     assert f"computed up to {FLOW_MAX_TOKENS} tokens" in f_bars.layout.annotations[0].text
     assert trace.window(n, n - 1, 16) == (n - 16, n) and trace.window(n, 3, 16) == (0, 16)
+    # the model view of a text past 32 tokens: exact block means of the full maps (dense reference)
+    from visapp.pages import model
+    fig, note = model.render_model(state_for(key, "model"))
+    assert "block means" in note
+    res = service.get_result(key)
+    z = np.asarray(fig.data[0].z, float)
+    g = -(-n // 32)                                            # tokens per merged block
+    m = -(-n // g)
+    l, h = 6, 2
+    full = service.head_map(key, l, h).astype(np.float64)
+    ref = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            ref[i, j] = full[i * g:(i + 1) * g, j * g:(j + 1) * g].mean()
+    panel = z[l * (m + 1):l * (m + 1) + m, h * (m + 1):h * (m + 1) + m]
+    seen = np.isfinite(panel)
+    assert seen.sum() == m * (m + 1) // 2 and res.pool * res.pooled_mean.shape[-1] >= n
+    np.testing.assert_allclose(panel[seen], np.log10(np.maximum(ref[seen], 1e-4)), atol=2e-3)
     assert trace.window(n, n - 1, n) is None and trace.window(100, 50, 20) == (40, 60)
 
 
