@@ -80,3 +80,8 @@ def test_trace_view_job_token_pick_head_pick_and_bad_position(app_url, app_page)
     expect(page.locator("#tr-error")).to_contain_text("position 99 is outside the text: it has 12 tokens")
     expect(page.locator("#tr-summary")).to_contain_text("position 5 (")
     shot(page, "trace-bad-position")
+    # the export block exports the shown trace's numbers
+    page.click("text=Export for a paper")
+    page.locator('button[id*="export-csv"]').click()
+    expect(page.locator('[id*="export-msg"]')).to_contain_text("exported", timeout=30_000)
+    expect(page.locator('[id*="export-msg"]')).to_contain_text("tokens")
