@@ -82,7 +82,7 @@ def run_trace(key: str, position, progress: Optional[Progress] = None, cancel=No
     if tr is None:
         raise UserError("the trace could not be stored (cache full or unavailable); try again")
     if tr.get("head_importance"):
-        st.set(service.trace_importance_key(key), dict(tr["head_importance"], position=P), timeout=0)
+        st.set(service.trace_importance_key(key), dict(tr["head_importance"], position=P))
     st.set(latest_key(key), tk)
     return tk
 
