@@ -170,11 +170,12 @@ def test_export_calls_the_apps_view_functions_and_shows_the_same_numbers(key, mo
     and produce the same traces (only the template differs)."""
     from visapp import export, urlstate
     from visapp.export import registry as reg
-    from visapp.pages import entropy, graphs, head, overview, sinks
+    from visapp.pages import entropy, graphs, head, model, overview, sinks
     calls = []
     for mod, name in [(overview, "render_grid"), (head, "render_map"), (head, "render_entropy"),
                       (head, "render_received"), (head, "render_token_graph"), (head, "render_deps"),
-                      (sinks, "render"), (entropy, "render"), (graphs, "render_heads"), (graphs, "render_tokens")]:
+                      (sinks, "render"), (entropy, "render"), (graphs, "render_heads"), (graphs, "render_tokens"),
+                      (model, "render_view")]:
         fn = getattr(mod, name)
 
         def spy(*a, _fn=fn, _n=f"{mod.__name__.rsplit('.', 1)[1]}.{name}", **kw):
@@ -186,7 +187,8 @@ def test_export_calls_the_apps_view_functions_and_shows_the_same_numbers(key, mo
                 "head/tokens": "head.render_token_graph", "head/deps": "head.render_deps",
                 "sinks/layers": "sinks.render", "sinks/rate": "sinks.render", "sinks/map": "sinks.render",
                 "entropy/map": "entropy.render", "entropy/profile": "entropy.render",
-                "graphs/heads": "graphs.render_heads", "graphs/tokens": "graphs.render_tokens"}
+                "graphs/heads": "graphs.render_heads", "graphs/tokens": "graphs.render_tokens",
+                "model/grid": "model.render_view"}
     ctx = reg.make_context(key, reg.ViewSettings(head=(3, 4)))
     opts = export.ExportOptions()
     exported = {}
@@ -302,8 +304,9 @@ def test_bundle_has_every_available_figure_with_data_and_caption(key, tmp_path):
     ctx = reg.make_context(key, reg.ViewSettings(head=(3, 4), eps=0.4))
     index = export.write_bundle(ctx, tmp_path, export.ExportOptions(), formats=("svg",))
     assert set(index["skipped"]) == {"basin/curves", "variants/maps", "variants/diff", "variants/bars",
-                                     "generate/map"}
-    assert len(index["figures"]) == len(reg.all_specs()) - len(index["skipped"]) == 13
+                                     "generate/map", "trace/rollout", "trace/graph", "trace/lens",
+                                     "trace/contributions", "trace/neuron"}     # no trace of this analysis
+    assert len(index["figures"]) == len(reg.all_specs()) - len(index["skipped"]) == 14
     assert (tmp_path / "text.txt").read_text() == TEXT
     for name, files in index["figures"].items():
         for f in files:

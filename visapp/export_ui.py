@@ -88,9 +88,10 @@ def export_download(view: str, what: str, *, part: Optional[str], fmt: str = "pd
             raise UserError("nothing to export yet: analyse a text first")
         c = dict(controls_ or {})
         zoom_store, cmp_store = c.pop("zoom", None), c.pop("compare", None)
+        trace = {k: c.pop(k) for k in ("trace", "trace_key") if k in c}     # the trace view's controls
         zoom = service.get_zoom(zoom_store.get("zk")) if zoom_store else None
         cmp = service.get_comparison(cmp_store.get("ck")) if cmp_store and cmp_store.get("a") == state["a"] else None
-        context = reg.make_context(state["a"], settings_from(state, c), zoom=zoom, comparison=cmp)
+        context = reg.make_context(state["a"], settings_from(state, c), zoom=zoom, comparison=cmp, trace=trace)
         sp = reg.spec(view, part)
         opts = ex.ExportOptions(fmt=fmt or "pdf", width=width or "single", font=font or "serif",
                                 size_pt=float(size_pt if size_pt is not None else 8),

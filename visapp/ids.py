@@ -110,6 +110,30 @@ GN_MAP = "gn-map"
 GN_TABLE = "gn-table"
 GN_USE = "gn-use"                    # button: use prompt + continuation as the text
 
+# model view / trace a token (visapp.pages.model, visapp.pages.trace)
+MV_GRAPH = "mv-graph"
+MV_NOTE = "mv-note"
+TRACE = "trace-store"                # dcc.Store in the trace page: {"a", "position", "tk"} of the trace shown
+TRACE_JOB = "trace-job-store"        # shell store: the trace job's output, relayed to TRACE (see ZOOM_JOB)
+TR_REQ = "tr-request"                # dcc.Store: the trace the page asks the job for
+TR_POSITION = "tr-position"
+TR_TOKEN_PREFIX = "tr-tok"           # pattern id {"type": TR_TOKEN_PREFIX, "index": i}: token strip buttons
+TR_TOKENS = "tr-tokens"
+TR_KEY = "tr-key"
+TR_RUN = "tr-run"
+TR_CANCEL = "tr-cancel"
+TR_PROGRESS = "tr-progress"
+TR_PROGRESS_MSG = "tr-progress-msg"
+TR_PROGRESS_WRAP = "tr-progress-wrap"
+TR_ERROR = "tr-error"
+TR_JOB_ERROR = "tr-job-error"
+TR_SUMMARY = "tr-summary"
+TR_ROLLOUT = "tr-rollout"
+TR_GRAPH = "tr-graph"
+TR_LENS = "tr-lens"
+TR_CONTRIB = "tr-contrib"
+TR_NEURON = "tr-neuron"
+
 
 def nav(view: str) -> str:
     return NAV_PREFIX + view

@@ -70,6 +70,7 @@ def serve_layout() -> html.Div:
         dcc.Store(id=ids.ZOOM), dcc.Store(id=ids.ZOOM_REQ), dcc.Store(id=ids.COMPARE),
         dcc.Store(id=ids.ZOOM_JOB), dcc.Store(id=ids.COMPARE_JOB), dcc.Store(id=ids.SELECT),
         dcc.Store(id=ids.GEN_REQ),
+        dcc.Store(id=ids.TRACE_JOB),
         html.Header([html.H1("attnvis"), html.Span("attention in transformers, head by head", className="tagline"),
                      html.Div(STARTING, id=ids.RUN_INFO, className="run-info", role="status")]),
         html.Div([

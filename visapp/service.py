@@ -598,3 +598,24 @@ def sink_rate_curve(sink_metric: np.ndarray, eps_grid: np.ndarray) -> np.ndarray
 def attnrank_order(preference, important: list[int]) -> list[int]:
     from compute.analysis.basins import attnrank_order as _order
     return list(_order(np.asarray(preference, float), list(important)))
+
+
+# ---------------------------------------------------------------- head importance (overview) and traces
+
+# the trace pages' compute modules, imported before any job forks (see PRELOAD)
+PRELOAD = PRELOAD + ("compute.tracing.trace",)
+
+
+def trace_importance_key(key: str) -> str:
+    """Cache key of the latest trace's head_importance for analysis `key` (written by visapp.trace_jobs)."""
+    return f"{key}:trace-importance"
+
+
+def importance_of(key: str) -> Optional[dict]:
+    """Head importance for the overview's glyph size: the analysis' own importance section when it was
+    computed, else the latest trace's head_importance (|direct contribution| of each head to the logit
+    it traced, with `method` and `position`), else None. Raises NotCached."""
+    imp = get_result(key).extras.get("importance") or {}
+    if imp.get("available"):
+        return imp
+    return state.store().get(trace_importance_key(key))

@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlencode
 
-VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate")
+VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate", "model", "trace")
 VIEW_TITLES = {"overview": "Head overview", "head": "Head detail", "sinks": "Sinks", "basin": "Basin",
-               "entropy": "Entropy", "graphs": "Graphs", "variants": "Variants", "generate": "Generate"}
+               "entropy": "Entropy", "graphs": "Graphs", "variants": "Variants", "generate": "Generate",
+               "model": "Model view", "trace": "Trace"}
 METRICS = {
     "sink_metric": "sink mass (mean attention on token 0)",
     "first_token_mass": "first-token mass (queries ≥ 1)",

@@ -57,16 +57,20 @@ def validate_request(lm: LoadedModel, n_tokens: int, position: Optional[int], *,
 def build_trace(lm: LoadedModel, ids: list[int], position: Optional[int] = None, *, top_k: int = TOP_K,
                 flow_max_tokens: int = FLOW_MAX_TOKENS, neuron: Optional[tuple[int, int, int]] = None,
                 cancel: Optional[Callable[[], bool]] = None,
-                progress: Optional[Callable[[float, str], None]] = None) -> dict:
+                progress: Optional[Callable[[float, str], None]] = None,
+                on_forward: Optional[Callable[[object], None]] = None) -> dict:
     """The trace of query `position` (default: last token) of the token ids `ids` as a JSON-able dict.
     progress(fraction, message) as the engine's; cancel() -> True stops with Cancelled between layers and
-    between flow's max-flows."""
+    between flow's max-flows. on_forward(ForwardTrace) sees the forward's arrays (the app keeps q/k from it,
+    so its neuron view needs no second forward)."""
     P = validate_request(lm, len(ids), position, top_k=top_k, flow_max_tokens=flow_max_tokens, neuron=neuron)
     say = progress or (lambda frac, msg: None)
     L = lm.info.n_layers
     t0 = time.perf_counter()
     ft = run_forward(lm, ids, P, cancel=cancel, on_layer=lambda l: say(0.6 * (l + 1) / L, f"layer {l + 1}/{L}"))
     t1 = time.perf_counter()
+    if on_forward is not None:
+        on_forward(ft)
     info = lm.info
     tokens = token_strings(lm, ids) if lm.tokenizer is not None else [f"<{i}>" for i in ids]
     out: dict = {"model": info.name, "causal": info.causal, "n_layers": info.n_layers, "n_heads": info.n_heads,

@@ -26,6 +26,7 @@ from ..pages import basin, entropy, generate, graphs, head, overview, sinks, var
 from ..pages.common import head_rows
 from ..templates import SCREEN
 from ..urlstate import METRICS, SCALES
+from . import trace_figures
 from .tables import Table, _heatmap_values, edge_table, figure_tables, heatmap_tables, py
 
 
@@ -82,6 +83,7 @@ class Context:
     service: Any = _service
     zoom: Optional[dict] = None
     comparison: Any = None
+    trace: Optional[dict] = None        # the trace view's controls (visapp.export.trace_figures); None: latest
 
     @property
     def head(self) -> tuple[int, int]:
@@ -107,7 +109,7 @@ class Context:
 
 
 def make_context(key: str, settings: Optional[ViewSettings] = None, *, zoom: Optional[dict] = None,
-                 comparison=None, service=_service) -> Context:
+                 comparison=None, service=_service, trace: Optional[dict] = None) -> Context:
     """Context of a cached analysis (raises service.NotCached); the head is clamped into the model."""
     res = service.get_result(key)
     s = (settings or ViewSettings()).validate()
@@ -116,7 +118,7 @@ def make_context(key: str, settings: Optional[ViewSettings] = None, *, zoom: Opt
         raise InputError(f"head {l}.{h} does not exist: {res.model} has {res.n_layers} layers x "
                          f"{res.n_heads} heads (0-based)")
     return Context(key=key, res=res, summ=service.summary(res), settings=s, service=service, zoom=zoom,
-                   comparison=comparison)
+                   comparison=comparison, trace=trace)
 
 
 # ---------------------------------------------------------------- the registry
@@ -421,8 +423,10 @@ REGISTRY: dict[str, list[FigureSpec]] = {
     ],
 }
 
+REGISTRY.update(trace_figures.specs(FigureSpec, LAYER_HEAD))
+
 ALIASES = {"graph": "graphs", "gen": "generate"}
-CLI_FIGURES = ("overview", "head:L.H", "sinks", "basin", "entropy", "graph", "variants", "generate")
+CLI_FIGURES = ("overview", "head:L.H", "sinks", "basin", "entropy", "graph", "variants", "generate", "model", "trace")
 
 
 def specs(view: str) -> list[FigureSpec]:
