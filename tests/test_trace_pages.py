@@ -240,6 +240,17 @@ def test_head_importance_feeds_the_overview(key, traced):
     assert imp["available"] and imp["position"] == tr["position"]
     np.testing.assert_allclose(imp["importance"], np.abs(tr["contributions"]))
     assert trace_jobs.latest(key) == traced["store"]["tk"]
+    # the overview sizes its glyphs by it (this analysis computed no importance of its own)
+    from visapp.pages import overview
+    from visapp.pages.common import current
+    a = current(state_for(key, "overview"))
+    assert overview.importance(a.res) is None
+    values, why = overview.metric_values(a.res, a.summ, "importance", imp)
+    np.testing.assert_allclose(values, np.abs(tr["contributions"]))
+    fig = overview.render_grid(a.res, a.summ, "sink_metric", "importance", "Viridis", (0, 0), imp=imp)
+    sizes = np.concatenate([np.atleast_1d(t.marker.size) for t in fig.data
+                            if getattr(t, "marker", None) is not None and t.marker.size is not None])
+    assert np.ptp(sizes.astype(float)) > 0                        # glyphs differ in size
 
 
 def test_every_trace_figure_exports_with_its_data(key, traced):

@@ -8,7 +8,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
-from .. import ids
+from .. import ids, service
 from ..components import controls, graph, labelled, section, table
 from ..figures import empty_figure, head_grid
 from ..templates import SCREEN, SEQUENTIAL_SCALES
@@ -38,7 +38,7 @@ def layout(**query) -> html.Div:
     ], id=ids.view("overview"), className="view")
 
 
-def metric_values(res, summ: dict, metric: str) -> tuple[Optional[np.ndarray], Optional[str]]:
+def metric_values(res, summ: dict, metric: str, imp: Optional[dict] = None) -> tuple[Optional[np.ndarray], Optional[str]]:
     """[L, H] values of a metric, or (None, why it is missing)."""
     ex = res.extras
     if metric in summ and np.ndim(summ[metric]) == 2:
@@ -54,9 +54,10 @@ def metric_values(res, summ: dict, metric: str) -> tuple[Optional[np.ndarray], O
             return None, ui_words(why)
         return np.asarray(scores, float), None
     if metric == "importance":
-        imp = ex.get("importance") or {}
+        imp = imp or ex.get("importance") or {}
         if not imp.get("available"):
-            return None, imp.get("reason") or "tick 'importance' under options and analyse again"
+            return None, imp.get("reason") or ("tick 'importance' under options and analyse again, or trace a "
+                                               "token (Trace view): its head contributions size the glyphs")
         return np.asarray(imp["importance"], float), None
     return None, "unknown metric"
 
@@ -77,20 +78,22 @@ def role_labels(res) -> Optional[list]:
     return labels
 
 
-def importance(res) -> Optional[np.ndarray]:
-    imp = res.extras.get("importance") or {}
+def importance(res, imp: Optional[dict] = None) -> Optional[np.ndarray]:
+    """Glyph sizes: imp (service.importance_of: the analysis' importance, else the latest trace's head
+    contributions) or the analysis' own importance section."""
+    imp = imp or res.extras.get("importance") or {}
     return np.asarray(imp["importance"], float) if imp.get("available") else None
 
 
 def render_grid(res, summ: dict, metric: str, size_by: str, colours: str, selected: tuple[int, int],
-                template: str = SCREEN):
-    values, why = metric_values(res, summ, metric)
+                template: str = SCREEN, imp: Optional[dict] = None):
+    values, why = metric_values(res, summ, metric, imp)
     if values is None:
         return empty_figure(f"{METRICS.get(metric, metric)}: not available ({why})", template, height=400)
     hover = {"sink mass": summ["sink_metric"], "entropy (norm.)": summ["entropy_norm_mean"],
              "prev-token": summ["prev_token_mean"]}
     return head_grid(values, metric=METRICS.get(metric, metric).split(" (")[0], roles=role_labels(res),
-                     importance=importance(res) if size_by == "importance" else None, selected=selected,
+                     importance=importance(res, imp) if size_by == "importance" else None, selected=selected,
                      hover=hover, template=template, colorscale=colours,
                      title=f"{res.model}: {res.n_layers} layers × {res.n_heads} heads, {res.n_tokens} tokens")
 
@@ -125,8 +128,10 @@ def render_side(res, summ: dict, sel: tuple[int, int]) -> list:
           Input(ids.STATE, "data"), Input(ids.OV_SIZE, "value"), Input(ids.OV_COLORS, "value"))
 @on_analysis("overview", lambda msg: (empty_figure(msg, height=400), ""))
 def render_overview(a: Analysis, size_by, colours):
-    return (render_grid(a.res, a.summ, a.state["metric"], size_by or "importance", colours or "Viridis", a.head),
-            render_side(a.res, a.summ, a.head))
+    imp = service.importance_of(a.key) if (size_by or "importance") == "importance" or a.state["metric"] == "importance" \
+        else None
+    return (render_grid(a.res, a.summ, a.state["metric"], size_by or "importance", colours or "Viridis", a.head,
+                        imp=imp), render_side(a.res, a.summ, a.head))
 
 
 @callback(Output(ids.SELECT, "data", allow_duplicate=True), Input(ids.OV_METRIC, "value"), State(ids.STATE, "data"),
