@@ -222,8 +222,8 @@ def test_missing_sections_say_not_available(analysed):
     from visapp.pages import overview
     res = service.get_result(analysed["key"])
     summ = service.summary(res)
-    values, why = overview.metric_values(res, summ, "role:induction")
-    assert values is None and "probe" in why
+    values, why = overview.metric_values(res, summ, "role:retrieval")     # a probe that was not run
+    assert values is None and "Options → Probes" in why and "--probes" not in why
     values, why = overview.metric_values(res, summ, "importance")
     assert values is None and why
     fig = overview.render_grid(res, summ, "importance", "importance", "Viridis", (0, 0))

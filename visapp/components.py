@@ -61,8 +61,8 @@ def labelled(label: str, component, width: str | None = None) -> html.Label:
     return html.Label([html.Span(label, className="ctl-label"), component], className="ctl", style=style)
 
 
-def edge_threshold(component_id: str) -> html.Div:
+def edge_threshold(component_id: str, value: float) -> html.Div:
     """The token graphs' edge-threshold slider (head view and graphs view alike)."""
-    return controls(labelled("Edge threshold", dcc.Slider(id=component_id, min=0.02, max=0.5, step=0.01, value=0.1,
+    return controls(labelled("Edge threshold", dcc.Slider(id=component_id, min=0.02, max=0.5, step=0.01, value=value,
                                                           marks={0.1: "0.1", 0.25: "0.25", 0.5: "0.5"},
                                                           tooltip={"placement": "bottom"}), width="360px"))

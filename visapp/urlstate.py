@@ -8,28 +8,13 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlencode
 
+from .view_settings import DEFAULT, METRICS, SCALES  # noqa: F401 (the URL's values)
+
 VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate", "model", "trace")
 VIEW_TITLES = {"overview": "Head overview", "head": "Head detail", "sinks": "Sinks", "basin": "Basin",
                "entropy": "Entropy", "graphs": "Graphs", "variants": "Variants", "generate": "Generate",
                "model": "Model view", "trace": "Trace"}
-METRICS = {
-    "sink_metric": "sink mass (mean attention on token 0)",
-    "first_token_mass": "first-token mass (queries ≥ 1)",
-    "entropy_norm_mean": "normalised entropy",
-    "entropy_mean": "entropy (nats)",
-    "prev_token_mean": "previous-token mass",
-    "local_mean": "local mass",
-    "exp_dist_mean": "mean attention distance",
-    "top1_prob_mean": "top-1 weight",
-    "role:induction": "induction score (probe)",
-    "role:retrieval": "retrieval score (probe)",
-    "role:syntactic": "syntactic score (parse)",
-    "role:delimiter": "delimiter score",
-    "role:broad": "broad score",
-    "importance": "importance |dL/dgate|",
-}
-SCALES = ("log", "linear", "split")
-DEFAULTS = {"view": "overview", "a": "", "model": "", "head": "0.0", "metric": "sink_metric", "scale": "log"}
+DEFAULTS = {"view": "overview", "a": "", "model": "", "head": "0.0", "metric": DEFAULT.metric, "scale": DEFAULT.scale}
 _HEAD = re.compile(r"^\d{1,4}\.\d{1,4}$")
 _KEY = re.compile(r"^[0-9a-f]{8,64}$")
 

@@ -124,7 +124,7 @@ def run_analysis(lm, res: AttentionResult, settings: AnalysisSettings, plan: Pla
             if name in probe_out:
                 scores[name] = probe_out[name]["score"]
             elif not (name == "induction" and text_ind is not None):
-                unavailable[name] = (f"the {name} probe was not run (app: Options > Probes; CLI: --probes {name})"
+                unavailable[name] = (f"the {name} probe was not run (--probes {name})"
                                      + (f"; {out['text_patterns']['induction_reason']}" if name == "induction"
                                         and "text_patterns" in out else ""))
         if "induction" in probe_out:

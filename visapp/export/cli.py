@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from compute.errors import InputError, UserError
+from compute.options import from_args
 
 from .. import service
 from . import registry as reg
@@ -34,7 +35,10 @@ FIGURE_HELP = ("overview | head:L.H | sinks | basin | entropy | graph | variants
 
 
 def parser() -> argparse.ArgumentParser:
-    from ..service import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ITEMS
+    from compute.options import add_flags
+
+    from ..service import BACKENDS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ITEMS, Request
+    from ..view_settings import ViewSettings
     from .options import DPI_RANGE, FONTS, WIDTHS
 
     p = argparse.ArgumentParser(prog="python -m visapp.export", description=__doc__,
@@ -63,21 +67,14 @@ def parser() -> argparse.ArgumentParser:
                    help="write every figure, its data (CSV and JSON), caption files and the text into DIR")
     g = p.add_argument_group("view settings (the app's controls)")
     g.add_argument("--head", default=None, help="selected head L.H for the views that show one (default 0.0)")
-    g.add_argument("--metric", default="sink_metric", help="overview colour metric (default %(default)s)")
-    g.add_argument("--size-by", default="importance", choices=("importance", "none"))
-    g.add_argument("--colours", default="Viridis", choices=("Viridis", "Cividis", "Magma"))
-    g.add_argument("--scale", default="log", choices=("log", "linear", "split"), help="head map colour scale")
-    g.add_argument("--pool", default="max", choices=("max", "mean"), help="pooled blocks of long texts")
-    g.add_argument("--eps", type=float, default=0.3, help="sink threshold (sinks view)")
-    g.add_argument("--threshold", type=float, default=0.1, help="edge threshold of the head view's token graph")
-    g.add_argument("--graph-threshold", type=float, default=0.1, help="edge threshold of the graph view")
+    add_flags(g, ViewSettings)
     g.add_argument("--important", default="", help="basin items marked important, e.g. 1,3")
     a = p.add_argument_group("analysis (the app's input panel)")
-    a.add_argument("--backend", default="auto", choices=BACKENDS)
+    a.add_argument("--backend", default=Request.backend, choices=BACKENDS)
     a.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help="refuse longer texts (default %(default)s, as in the app)")
-    a.add_argument("--sink-tokens", type=int, default=4)
-    a.add_argument("--items", default="auto", choices=ITEMS)
+    a.add_argument("--sink-tokens", type=int, default=Request.sink_tokens)
+    a.add_argument("--items", default=Request.items, choices=ITEMS)
     a.add_argument("--probes", default="", help="comma list: induction, retrieval")
     a.add_argument("--importance", action="store_true", help="head importance (gradients)")
     a.add_argument("--generate", type=int, default=0, help="generate N tokens first, then analyse both")
@@ -180,10 +177,7 @@ def run(args) -> int:
     view, part, fig_head = reg.parse_figure(args.figure)
     sp = reg.spec(view, part or args.part)
     head = fig_head or (_head(args.head) if args.head else (0, 0))
-    settings = reg.ViewSettings(head=head, metric=args.metric, size_by=args.size_by, colours=args.colours,
-                                scale=args.scale, pool=args.pool, eps=args.eps, head_threshold=args.threshold,
-                                graph_threshold=args.graph_threshold,
-                                important=_ints(args.important, "--important")).validate()
+    settings = from_args(reg.ViewSettings, args, head=head, important=_ints(args.important, "--important")).validate()
     if not bundle:
         if not args.out:
             raise InputError("give --out FILE (or --bundle DIR)")

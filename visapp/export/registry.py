@@ -25,51 +25,12 @@ from .. import service as _service
 from ..pages import basin, entropy, generate, graphs, head, overview, sinks, variants
 from ..pages.common import head_rows
 from ..templates import SCREEN
-from ..urlstate import METRICS, SCALES
+from ..view_settings import METRICS, ViewSettings
 from . import trace_figures
 from .tables import Table, _heatmap_values, edge_table, figure_tables, heatmap_tables, py
 
 
 # ---------------------------------------------------------------- what a view's controls hold
-
-@dataclass(frozen=True)
-class ViewSettings:
-    """The control values a view renders with (the app reads them from its components; the CLI
-    from its options). Defaults are the app's defaults."""
-
-    head: tuple[int, int] = (0, 0)
-    metric: str = "sink_metric"          # overview colour
-    size_by: str = "importance"          # overview glyph size
-    colours: str = "Viridis"             # overview colour scale
-    scale: str = "log"                   # head map colour scale
-    pool: str = "max"                    # pooled blocks of long texts
-    eps: float = 0.3                     # sinks view threshold
-    head_threshold: float = 0.1          # head view token graph
-    graph_threshold: float = 0.1         # graphs view token graph
-    important: tuple[int, ...] = ()      # basin items marked important
-    diff_variant: str = ""               # variants view: the difference map's variant ('' = the first)
-
-    def validate(self) -> "ViewSettings":
-        if self.metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}")
-        if self.scale not in SCALES:
-            raise InputError(f"scale must be one of {', '.join(SCALES)}")
-        if self.pool not in ("max", "mean"):
-            raise InputError("pool must be max or mean")
-        if self.size_by not in ("importance", "none"):
-            raise InputError("size must be importance or none")
-        for name in ("eps", "head_threshold", "graph_threshold"):
-            v = getattr(self, name)
-            if not 0 < v < 1:
-                raise InputError(f"{name.replace('_', ' ')} must lie between 0 and 1 (got {v})")
-        return self
-
-    def public(self) -> dict:
-        return {"head": f"{self.head[0]}.{self.head[1]}", "metric": self.metric, "size_by": self.size_by,
-                "colours": self.colours, "scale": self.scale, "pool": self.pool, "eps": self.eps,
-                "head_threshold": self.head_threshold, "graph_threshold": self.graph_threshold,
-                "important": list(self.important), "diff_variant": self.diff_variant}
-
 
 @dataclass
 class Context:

@@ -8,6 +8,7 @@ from .. import ids, service
 from ..components import edge_threshold, graph, section
 from ..figures import arc_diagram, empty_figure, head_similarity_graph
 from ..templates import SCREEN
+from ..view_settings import DEFAULT
 from .common import Analysis, head_rows, on_analysis, select_head_on_click
 
 EXPORT_CONTROLS = (("graph_threshold", ids.GR_THRESHOLD, "value"), ("zoom", ids.ZOOM, "data"))
@@ -20,7 +21,7 @@ def layout(**query) -> html.Div:
                           "(pooled) attention maps; colours are modularity communities. Click a node to select "
                           "the head."),
         section("Token-attention graph of the selected head",
-                edge_threshold(ids.GR_THRESHOLD),
+                edge_threshold(ids.GR_THRESHOLD, DEFAULT.graph_threshold),
                 graph(ids.GR_TOKENS, 380),
                 help_text="Nodes are tokens coloured by the total attention they receive (scale without token 0); arcs go from a query to "
                           "the keys it attends to above the threshold (token 0 left out)."),

@@ -16,6 +16,7 @@ from ..figures import (arc_diagram, attention_heatmap, empty_figure, pooled_heat
                        received_bars, token_labels, zoom_window)
 from ..state import background_manager
 from ..templates import SCREEN
+from ..view_settings import DEFAULT
 from .common import Analysis, changed, current, head_rows, on_analysis, query_state
 
 EXPORT_CONTROLS = (("pool", ids.HD_POOL, "value"), ("head_threshold", ids.HD_THRESHOLD, "value"),
@@ -49,7 +50,7 @@ def layout(**query) -> html.Div:
                                  {"label": "token 0 apart", "value": "split"},
                                  {"label": "linear", "value": "linear"}])),
                     labelled("Pooled blocks", dcc.RadioItems(
-                        id=ids.HD_POOL, value="max", inline=True,
+                        id=ids.HD_POOL, value=DEFAULT.pool, inline=True,
                         options=[{"label": "max (keeps sinks)", "value": "max"}, {"label": "mean", "value": "mean"}]))),
                 html.Div(id=ids.HD_SUMMARY, className="summary-line"),
                 html.Div(id=ids.HD_NOTE),
@@ -60,7 +61,7 @@ def layout(**query) -> html.Div:
         html.Div([section("Entropy per query", graph(ids.HD_ENTROPY, 260)),
                   section("Attention received per key", graph(ids.HD_RECEIVED, 260))], className="grid2"),
         section("Token graph",
-                edge_threshold(ids.HD_THRESHOLD),
+                edge_threshold(ids.HD_THRESHOLD, DEFAULT.head_threshold),
                 graph(ids.HD_GRAPH, 360),
                 help_text="Arcs from each query to the keys it attends to with weight above the threshold "
                           "(token 0 left out: its arcs would hide the rest)."),

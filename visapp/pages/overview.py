@@ -12,7 +12,7 @@ from .. import ids, service
 from ..components import controls, graph, labelled, section, table
 from ..figures import empty_figure, head_grid
 from ..templates import SCREEN, SEQUENTIAL_SCALES
-from ..urlstate import METRICS
+from ..view_settings import DEFAULT, METRICS
 from .common import Analysis, changed, on_analysis, query_state, select_head_on_click
 
 EXPORT_CONTROLS = (("size_by", ids.OV_SIZE, "value"), ("colours", ids.OV_COLORS, "value"))
@@ -26,10 +26,10 @@ def layout(**query) -> html.Div:
                     labelled("Colour by", dcc.Dropdown(id=ids.OV_METRIC, options=[{"label": v, "value": k}
                                                                                  for k, v in METRICS.items()],
                                                        value=st["metric"], clearable=False, style={"width": "300px"})),
-                    labelled("Size by", dcc.RadioItems(id=ids.OV_SIZE, value="importance", inline=True,
+                    labelled("Size by", dcc.RadioItems(id=ids.OV_SIZE, value=DEFAULT.size_by, inline=True,
                                                        options=[{"label": "importance", "value": "importance"},
                                                                 {"label": "constant", "value": "none"}])),
-                    labelled("Colours", dcc.RadioItems(id=ids.OV_COLORS, value="Viridis", inline=True,
+                    labelled("Colours", dcc.RadioItems(id=ids.OV_COLORS, value=DEFAULT.colours, inline=True,
                                                        options=list(SEQUENTIAL_SCALES)))),
                 html.Div([graph(ids.OV_GRAPH, 640), html.Div(id=ids.OV_SIDE, className="side")], className="split"),
                 help_text="One glyph per head. Click a glyph to select that head in every view; hover for its "
@@ -128,9 +128,9 @@ def render_side(res, summ: dict, sel: tuple[int, int]) -> list:
           Input(ids.STATE, "data"), Input(ids.OV_SIZE, "value"), Input(ids.OV_COLORS, "value"))
 @on_analysis("overview", lambda msg: (empty_figure(msg, height=400), ""))
 def render_overview(a: Analysis, size_by, colours):
-    imp = service.importance_of(a.key) if (size_by or "importance") == "importance" or a.state["metric"] == "importance" \
+    imp = service.importance_of(a.key) if (size_by or DEFAULT.size_by) == "importance" or a.state["metric"] == "importance" \
         else None
-    return (render_grid(a.res, a.summ, a.state["metric"], size_by or "importance", colours or "Viridis", a.head,
+    return (render_grid(a.res, a.summ, a.state["metric"], size_by or DEFAULT.size_by, colours or DEFAULT.colours, a.head,
                         imp=imp), render_side(a.res, a.summ, a.head))
 
 

@@ -8,6 +8,7 @@ from .. import ids, service
 from ..components import controls, graph, labelled, notice, plain_token, section, table
 from ..figures import empty_figure, layer_curves, layer_head_map, threshold_curve
 from ..templates import SCREEN
+from ..view_settings import DEFAULT
 from .common import Analysis, on_analysis, select_head_on_click
 
 EPS_GRID = np.linspace(0, 1, 101)
@@ -17,7 +18,7 @@ EXPORT_CONTROLS = (("eps", ids.SK_EPS, "value"),)
 def layout(**query) -> html.Div:
     return html.Div([
         section("Sinks", controls(labelled("eps (sink rate)", dcc.Slider(
-            id=ids.SK_EPS, min=0.05, max=0.95, step=0.05, value=0.3, marks={0.1: "0.1", 0.3: "0.3", 0.5: "0.5",
+            id=ids.SK_EPS, min=0.05, max=0.95, step=0.05, value=DEFAULT.eps, marks={0.1: "0.1", 0.3: "0.3", 0.5: "0.5",
                                                                            0.7: "0.7", 0.9: "0.9"},
             tooltip={"placement": "bottom"}), width="360px")),
                 html.Div([graph(ids.SK_LAYERS, 320), graph(ids.SK_RATE, 320)], className="grid2"),
