@@ -8,9 +8,11 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlencode
 
-VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate")
+VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate", "corpus", "embedding",
+         "sidebyside")
 VIEW_TITLES = {"overview": "Head overview", "head": "Head detail", "sinks": "Sinks", "basin": "Basin",
-               "entropy": "Entropy", "graphs": "Graphs", "variants": "Variants", "generate": "Generate"}
+               "entropy": "Entropy", "graphs": "Graphs", "variants": "Variants", "generate": "Generate",
+               "corpus": "Corpus", "embedding": "Q/K embedding", "sidebyside": "Side by side"}
 METRICS = {
     "sink_metric": "sink mass (mean attention on token 0)",
     "first_token_mass": "first-token mass (queries ≥ 1)",
