@@ -150,6 +150,7 @@ CS_TOKEN = "cs-token"                # context search: the query token (of the c
 CS_BY = "cs-by"
 CS_K = "cs-k"
 CS_RUN = "cs-run"
+CS_CANCEL = "cs-cancel"
 CS_ERROR = "cs-error"
 CS_STORE = "cs-store"                # dcc.Store (shell): {"sk": search result key}
 CS_JOB = "cs-job"
