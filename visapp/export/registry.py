@@ -421,10 +421,6 @@ REGISTRY: dict[str, list[FigureSpec]] = {
     ],
 }
 
-# The dataset views (corpus, embedding, side by side) export a stored run, not the current analysis:
-# their parts are in visapp.export.datasets (same page functions, same rendering).
-from .datasets import DATASET_REGISTRY  # noqa: E402,F401
-
 ALIASES = {"graph": "graphs", "gen": "generate"}
 CLI_FIGURES = ("overview", "head:L.H", "sinks", "basin", "entropy", "graph", "variants", "generate")
 
