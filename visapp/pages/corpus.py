@@ -137,7 +137,9 @@ def render_corpus(result, metric, state):
 
 
 def open_text(click, result):
-    """A click on a text's point: (AUTORUN request, new path, notice) that open it as the current analysis."""
+    """A click on a text's point: (AUTORUN request, path, notice) that open it as the current analysis. The
+    page stays (a path change in the same update cancels the analysis job in Dash 4.4's renderer); when the
+    analysis is done every other view shows it (the navigation carries its key)."""
     if not click or not click.get("points"):
         raise PreventUpdate
     tid = click["points"][0].get("customdata")
@@ -147,7 +149,8 @@ def open_text(click, result):
         raise PreventUpdate
     try:
         model, text = cj.run_text((result or {}).get("run"), str(tid))
-        return open_request(model, text), "/overview", opened(f"opening text {tid}…")
+        return open_request(model, text), no_update, opened(f"opening text {tid}: analysing it (progress under Analyze); "
+                                                             "then every view shows it, e.g. Head overview")
     except UserError as exc:
         return no_update, no_update, opened(str(exc), ok=False)
 

@@ -192,7 +192,9 @@ def open_point(click, store, state):
         model, text = cj.run_text(src.get("run"), tid)
     except UserError as exc:
         return no_update, no_update, no_update, opened(str(exc), ok=False)
-    return open_request(model, text), "/head", sel, opened(f"opening the {what}…")
+    # the path stays: a path change in the same update cancels the analysis job (see pages.corpus.open_text)
+    return open_request(model, text), no_update, sel, opened(f"opening the {what}: analysing its text (progress "
+                                                             "under Analyze), then see Head detail")
 
 
 callback(Output(ids.AUTORUN, "data", allow_duplicate=True), Output(ids.URL, "pathname", allow_duplicate=True),
