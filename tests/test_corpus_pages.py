@@ -204,8 +204,9 @@ def test_embedding_of_current_text_and_corpus(current, corpus_run):
     from visapp.pages.embedding import embed_body, open_point, pickers, render_embedding
 
     res = service.get_result(current["a"])
-    layers, heads, tokens = pickers("text", current, None)
+    layers, heads, tokens, l, h = pickers("text", current, None)
     assert len(layers) == res.n_layers and heads[0]["value"] == -1 and len(tokens) == res.n_tokens
+    assert (l, h) == (LAYER, HEAD)
     out = embed_body(lambda f, m: None, "text", LAYER, HEAD, "pca", 4000, current, None)
     emb = cj.get_embedding(out["ek"])
     assert emb["n_points"] == 2 * res.n_tokens                       # nothing sampled away

@@ -128,18 +128,23 @@ def head_value(head) -> Optional[int]:
 # ---------------------------------------------------------------- callbacks
 
 @callback(Output(ids.EM_LAYER, "options"), Output(ids.EM_HEAD, "options"), Output(ids.CS_TOKEN, "options"),
+          Output(ids.EM_LAYER, "value"), Output(ids.EM_HEAD, "value"),
           Input(ids.EM_SOURCE, "value"), Input(ids.STATE, "data"), State(ids.CP_RESULT, "data"))
 def pickers(kind, state, corpus_result):
+    """The layer / head / token choices of the source's model; the pickers follow the selected head (a
+    dropdown drops a value its options do not hold, so the values come with the options)."""
     if state and state.get("view") != "embedding":
         raise PreventUpdate
     grid = grid_of(kind, state, corpus_result)
     a = current(state)
     tokens = [{"label": f"({i}){plain_token(t)}", "value": i} for i, t in enumerate(a.res.tokens[:2048])] if a else []
     if grid is None:
-        return [], [], tokens
+        return [], [], tokens, None, None
     L, H = grid
+    l, h = urlstate.head_of({"head": urlstate.clamp_head((state or {}).get("head", "0.0"), L, H)})
     return ([{"label": str(l), "value": l} for l in range(L)],
-            [{"label": "all (matrix)", "value": ALL}] + [{"label": str(h), "value": h} for h in range(H)], tokens)
+            [{"label": "all (matrix)", "value": ALL}] + [{"label": str(h), "value": h} for h in range(H)], tokens,
+            l, h)
 
 
 def embed_body(progress, kind, layer, head, method, max_points, state, corpus_result):
