@@ -146,6 +146,7 @@ def test_corpus_page_renders_and_rerun_reuses_texts(corpus_run, app_env):
         valid_figure(f)
     assert "3 texts" in str(summary.to_plotly_json())
     assert {o["value"] for o in options} >= {"sink_metric", "entropy_norm_mean"}
+    assert set(cj.HEAD_METRICS) == {o["value"] for o in options if not o["value"].startswith("role_scores.")}
     ids = [c for tr in dist.data if tr.customdata is not None for c in tr.customdata]
     assert sorted(ids) == sorted([t for t, _ in corpus_run["items"]] * 2)     # two panels, one point per text
     # a fourth text: the first three come from the per-text cache
@@ -302,6 +303,7 @@ def test_side_by_side_identity_and_two_texts(current, corpus_run):
     assert np.nanmax(np.abs(np.array(d["deltas"]["sink_metric"], float))) == 0.0
     assert all(m["a"] == m["b"] and m["js"] < 1e-6 for m in d["matches"])
     out = render_sidebyside(same, "entropy_mean", st)
+    assert set(out[6]) == set(cj.HEAD_METRICS)
     for f in out[1:6]:
         valid_figure(f)
     a_map, b_map = out[4], out[5]
@@ -317,6 +319,7 @@ def test_side_by_side_identity_and_two_texts(current, corpus_run):
     np.testing.assert_allclose(np.array(d2["diff"]["deltas"]["sink_metric"], float), sb["sink_metric"] - sa["sink_metric"],
                                atol=1e-6)
     assert not d2["diff"]["matching"]["available"] and d2["diff"]["matches"] == []
+    assert "different tokens" in str(render_sidebyside(two, "sink_metric", st)[2].layout.annotations[0].text)
     for f in render_sidebyside(two, "sink_metric", st)[1:6]:
         valid_figure(f)
     with pytest.raises(UserError, match="model B"):

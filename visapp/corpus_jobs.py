@@ -43,6 +43,10 @@ MAX_TEXT_TOKENS = 512            # tokens per corpus text in the app (also cappe
 SBS_MAX_TOKENS = 1024            # side by side: longest text
 SBS_MAP_MAX = 128                # side by side keeps full maps up to this many tokens (float16, both sides)
 SEARCH_K = 10
+# compute.summary.head_summary's metrics (a test checks): the metric pickers' options before any result,
+# so a Dash 4 dropdown keeps its default value
+HEAD_METRICS = ("sink_metric", "sink_mass_mean", "sink_s_mass_mean", "entropy_mean", "entropy_norm_mean",
+                "prev_token_mean", "local_mean", "exp_dist_mean", "top1_prob_mean")
 SEARCH_MAX_K = 50
 
 

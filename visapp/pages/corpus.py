@@ -44,7 +44,7 @@ def layout(**query) -> html.Div:
         html.Div(id=ids.CP_SUMMARY),
         section("Dataset overview (per head over the texts)",
                 controls(labelled("Metric", dcc.Dropdown(id=ids.CP_METRIC, value=DEFAULT_METRIC, clearable=False,
-                                                         options=[], style={"width": "300px"}))),
+                                                         options=list(cj.HEAD_METRICS), style={"width": "300px"}))),
                 graph(ids.CP_GRID, 520),
                 help_text="Colour = mean over the texts; symbol = the head's most frequent role; size = role "
                           "stability (share of texts on which the head has that role); the hover gives the std. "
@@ -133,7 +133,7 @@ def render_corpus(result, metric, state):
     out = render(run, metric, sel)
     if result and run is None:
         out = (notice("this corpus run is no longer stored: press Run corpus again", "warn"), *out[1:])
-    return (*out, metric_options(run) if run else [])
+    return (*out, metric_options(run) if run else list(cj.HEAD_METRICS))
 
 
 def open_text(click, result):

@@ -49,7 +49,7 @@ def layout(**query) -> html.Div:
         html.Div(id=ids.SB_SUMMARY),
         html.Div([section("Per-head difference (B − A)",
                           controls(labelled("Metric", dcc.Dropdown(id=ids.SB_METRIC, value=DEFAULT_METRIC,
-                                                                   clearable=False, options=[],
+                                                                   clearable=False, options=list(cj.HEAD_METRICS),
                                                                    style={"width": "240px"}))),
                           graph(ids.SB_DELTA, 480), help_text="Click a head to show it below."),
                   section("Heads matched by Jensen-Shannon distance", graph(ids.SB_MATCH, 480))],
@@ -85,7 +85,7 @@ def render(stored: Optional[dict], metric: Optional[str], selected: tuple[int, i
     """(summary, delta map, match map, match table, map A, map B, metric options)."""
     if stored is None:
         e = empty_figure("choose B and press Compare", template)
-        return "", e, e, e, e, e, []
+        return "", e, e, e, e, e, list(cj.HEAD_METRICS)
     diff = stored["diff"]
     metric = metric if metric in diff["metrics"] else DEFAULT_METRIC
     l, h = selected
@@ -101,11 +101,14 @@ def render(stored: Optional[dict], metric: Optional[str], selected: tuple[int, i
     p = partner(diff, l, h)
     lb, hb = p if p is not None else (l, h)
     which = "matched head" if p is not None else "same head"
-    return (summary, delta_map(diff, metric, selected=(l, h), template=template),
-            match_map(diff, selected=(l, h), template=template), match_table(diff, template=template),
+    if diff["matching"]["available"]:
+        f_match, f_table = match_map(diff, selected=(l, h), template=template), match_table(diff, template=template)
+    else:        # the reason is in the summary above (too long for an empty figure)
+        f_match = f_table = empty_figure("no head matching: the two sides have different tokens", template)
+    return (summary, delta_map(diff, metric, selected=(l, h), template=template), f_match, f_table,
             head_map_figure(stored["sides"]["a"], l, h, f"A: layer {l} head {h}", template),
             head_map_figure(stored["sides"]["b"], lb, hb, f"B: layer {lb} head {hb} ({which})", template),
-            [{"label": m, "value": m} for m in diff["metrics"]])
+            list(diff["metrics"]))
 
 
 # ---------------------------------------------------------------- callbacks
