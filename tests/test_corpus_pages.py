@@ -13,6 +13,8 @@ import pytest
 
 from tests.corpus_helpers import valid_figure
 
+pytestmark = pytest.mark.integration          # loads SmolLM2 (conftest: not part of the fast unit loop)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m"
 LAYER, HEAD = 3, 1
@@ -332,3 +334,45 @@ def test_side_by_side_identity_and_two_texts(current, corpus_run):
     dl, msg = dataset_download("sidebyside", "csv", part="match", store=same, control_value="sink_metric",
                                state={"head": "0.0"})
     assert base64.b64decode(dl["content"]).decode().count("\n") == 1 + 30 * 9
+
+
+# ---------------------------------------------------------------- the Celery path (real redis-server + worker)
+
+def test_corpus_run_on_celery_workers_gives_the_same_numbers(corpus_run, tmp_path):
+    """With REDIS_URL set and a worker answering, the page's run sends the texts to the worker (mode celery)
+    and gets the in-process run's numbers."""
+    from deploy_procs import REDIS_BIN, Redis, base_env, celery_worker, shared_cache_dir, stop, wait_log
+
+    from compute.corpus_stats import metric_array
+    from visapp import corpus_jobs as cj
+    from visapp import state
+    from visapp.pages.corpus import choose_corpus, corpus_body
+
+    if REDIS_BIN is None:
+        pytest.skip("redis-server is not installed")
+    redis = Redis(tmp_path)
+    log = tmp_path / "w1.log"
+    worker = celery_worker("w1", base_env(REDIS_URL=redis.url, ATTNVIS_CACHE_DIR=shared_cache_dir(tmp_path),
+                                          ATTNVIS_PRELOAD_MODELS=MODEL), log)
+    old = os.environ.get("REDIS_URL")
+    try:
+        wait_log(log, " ready.", 180, worker)
+        os.environ["REDIS_URL"] = redis.url
+        state.reset()
+        store, _ = choose_corpus("upload", data_url(jsonl(corpus_run["items"])), "three.jsonl")
+        out = corpus_body(lambda f, m: None, store, MODEL, "")
+        run, ref = cj.get_run(out["run"]), None
+        assert run["mode"] == "celery" and run["overview"]["ids"] == [t for t, _ in corpus_run["items"]]
+        assert "w1@" in log.read_text(errors="replace") and "attnvis.corpus_text" in log.read_text(errors="replace")
+    finally:
+        if old is None:
+            os.environ.pop("REDIS_URL", None)
+        else:
+            os.environ["REDIS_URL"] = old
+        state.reset()
+        stop(worker)
+        redis.stop()
+    ref = cj.get_run(corpus_run["result"]["run"])["overview"]
+    for m in ("sink_metric", "entropy_mean", "prev_token_mean"):
+        np.testing.assert_allclose(metric_array(run["overview"], m), metric_array(ref, m), rtol=1e-5, atol=1e-7)
+    assert run["overview"]["role_mode"] == ref["role_mode"]

@@ -216,12 +216,11 @@ def run_corpus(ck: str, model: str, progress: Optional[Progress] = None) -> str:
     report(reused / n, f"text {reused}/{n}" + (f" ({reused} reused)" if reused else "") + f": loading {model}")
     mode = "in-process"
     texts = dict(todo)
-    if todo and state.redis_url():
+    if todo and state.redis_url() and _can_fan_out(state.redis_url()):
         from compute import tasks
-        if tasks.unavailable_reason(state.redis_url()) is None:
-            mode = "celery"
-            tasks.run_distributed(todo, model, od, state.redis_url(), n_buckets=N_BUCKETS,
-                                  on_done=lambda tid, r: finished(tid, r, texts[tid]))
+        mode = "celery"
+        tasks.run_distributed(todo, model, od, state.redis_url(), n_buckets=N_BUCKETS,
+                              on_done=lambda tid, r: finished(tid, r, texts[tid]))
     if mode == "in-process" and todo:
         lm = _load(model)
         for tid, text in todo:
@@ -241,6 +240,27 @@ def run_corpus(ck: str, model: str, progress: Optional[Progress] = None) -> str:
                             "n_tokens": {t: results[t]["summary"]["n_tokens"] for t in ok}})
     report(1.0, "done")
     return rk
+
+
+def _can_fan_out(url: str) -> bool:
+    """Send the texts to the Celery workers? Only when one answers, and, when this job is itself a Celery
+    task (the app's jobs are, with REDIS_URL), when another worker can take them: with a single worker
+    the job would wait for texts that nobody runs, so it analyses them itself."""
+    from compute import tasks
+    if tasks.unavailable_reason(url) is not None:
+        return False
+    try:
+        from celery import current_task
+        inside = bool(current_task and current_task.request.id)
+    except Exception:
+        inside = False
+    if not inside:
+        return True
+    app = tasks.celery_app if tasks.celery_app.conf.broker_url == url else tasks.make_celery(url)
+    try:
+        return len(app.control.ping(timeout=2.0) or []) >= 2
+    except Exception:
+        return False
 
 
 def get_run(rk: Optional[str]) -> Optional[dict]:
