@@ -376,3 +376,15 @@ def test_corpus_run_on_celery_workers_gives_the_same_numbers(corpus_run, tmp_pat
     for m in ("sink_metric", "entropy_mean", "prev_token_mean"):
         np.testing.assert_allclose(metric_array(run["overview"], m), metric_array(ref, m), rtol=1e-5, atol=1e-7)
     assert run["overview"]["role_mode"] == ref["role_mode"]
+
+
+def test_routes_build_the_pages_with_their_export_block(app_env):
+    """Each new view's page builds from a URL (no result yet) with its "Export for a paper" block."""
+    import app  # noqa: F401  (registers the pages and the shell's callbacks)
+    from visapp import callbacks as cb
+    for view, parts in (("corpus", 4), ("embedding", 2), ("sidebyside", 4)):
+        content = cb.route(f"/{view}", "?head=4.2")
+        assert content[0].id == f"view-{view}" and len(content) == 2
+        found = {str(c.id): c for c in content[1]._traverse() if getattr(c, "id", None)}
+        part = next(c for k, c in found.items() if "dexport-part" in k)
+        assert len(part.options) == parts
