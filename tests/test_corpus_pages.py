@@ -388,3 +388,21 @@ def test_routes_build_the_pages_with_their_export_block(app_env):
         found = {str(c.id): c for c in content[1]._traverse() if getattr(c, "id", None)}
         part = next(c for k, c in found.items() if "dexport-part" in k)
         assert len(part.options) == parts
+
+
+def test_a_too_long_text_is_reported_and_not_kept(corpus_run):
+    from dataclasses import asdict
+
+    from visapp import corpus_jobs as cj
+    from visapp import state
+    from visapp.pages.corpus import choose_corpus, corpus_body, render
+
+    long_text = "word " * (cj.text_token_cap() + 50)
+    items = corpus_run["items"][:1] + [("long-one", long_text)]
+    store, _ = choose_corpus("upload", data_url(jsonl(items)), "two.jsonl")
+    run = cj.get_run(corpus_body(lambda f, m: None, store, MODEL, "")["run"])
+    assert run["ids"] == [items[0][0]] and "tokens" in run["failed"]["long-one"]
+    assert "1 texts failed: long-one:" in str(render(run, "sink_metric")[0].to_plotly_json())
+    od = asdict(cj.corpus_options())
+    assert state.store().has(f"ds:text:{cj.text_key(MODEL, od, items[0][1])}")
+    assert not state.store().has(f"ds:text:{cj.text_key(MODEL, od, long_text)}")

@@ -208,7 +208,8 @@ def run_corpus(ck: str, model: str, progress: Optional[Progress] = None) -> str:
     done = [reused]
 
     def finished(tid, r, text):
-        st.set(f"ds:text:{text_key(model, od, text)}", r)
+        if r.get("ok"):                  # a failure (too long, time limit) is reported, not kept: a re-run retries
+            st.set(f"ds:text:{text_key(model, od, text)}", r)
         results[tid] = r
         done[0] += 1
         report(done[0] / n, f"text {done[0]}/{n}" + (f" ({reused} reused)" if reused else ""))
@@ -303,10 +304,16 @@ def source_texts(source: dict) -> tuple[str, list[tuple[str, str]], str]:
 
 # ---------------------------------------------------------------- embeddings
 
+def source_token_cap(source: dict) -> int:
+    """Longest text an embedding reads: the corpus cap, or for the current text the app's own limit (the
+    points are sampled to max_points whatever the length)."""
+    return text_token_cap() if source.get("kind") == "corpus" else csettings.get("ATTNVIS_MAX_TOKENS")
+
+
 def embedding_key(source: dict, layer: int, head: Optional[int], method: str, max_points: int) -> str:
     from compute.embedding import SEED
     model, items, _ = source_texts(source)
-    return _sha("emb", model, items, layer, head, method, max_points, SEED, text_token_cap())
+    return _sha("emb", model, items, layer, head, method, max_points, SEED, source_token_cap(source))
 
 
 def run_embedding(source: dict, layer: int, head: Optional[int], method: str, max_points: int,
@@ -323,7 +330,7 @@ def run_embedding(source: dict, layer: int, head: Optional[int], method: str, ma
     p(0.0, f"loading {model}")
     lm = _load(model)
     emb = embedding_for_texts(lm, items, layer, head, method=method, max_points=max_points,
-                              max_tokens=text_token_cap(), progress=lambda f, m: p(0.9 * f, m))
+                              max_tokens=source_token_cap(source), progress=lambda f, m: p(0.9 * f, m))
     p(0.95, f"{method.upper()} done")
     emb["source"] = {**source, "label": label}
     st.set(f"ds:emb:{ek}", emb)
