@@ -62,7 +62,8 @@ def text_token_cap() -> int:
 
 
 def _sha(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, ensure_ascii=True).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=True).encode("utf-8", "surrogatepass")
+    return hashlib.sha1(payload).hexdigest()[:20]
 
 
 def _analyze(lm, text: str, opts, sections=None):
@@ -372,7 +373,8 @@ def run_search(a_key: str, position: int, rk: str, layer: int, head: int, by: st
         index = build_index(lm, corpus, layer, head, hidden=True, max_tokens=cap,
                             progress=lambda f, m: p(0.9 * f, f"indexing the corpus: {m}"))
         st.set(f"ds:idx:{ik}", index)
-    q = build_index(lm, [query_item], layer, head, hidden=True, max_tokens=max(cap, service.default_request().max_tokens))
+    q = build_index(lm, [query_item], layer, head, hidden=True,
+                    max_tokens=max(cap, service.default_request().max_tokens))
     n = len(q.tokens["text"])
     if not 0 <= position < n:
         raise InputError(f"the current text has positions 0..{n - 1}, not {position}")
@@ -446,7 +448,7 @@ def _side(res) -> dict:
     """What the page needs of one side: tokens, causal, and its maps (float16 full maps, else pooled)."""
     full = res.maps is not None
     return {"tokens": list(res.tokens), "causal": bool(res.causal), "n_tokens": res.n_tokens, "pool": res.pool,
-            "full": full, "maps": (np.asarray(res.maps, np.float16) if full else np.asarray(res.pooled_max, np.float16))}
+            "full": full, "maps": np.asarray(res.maps if full else res.pooled_max, np.float16)}
 
 
 def get_sidebyside(dk: Optional[str]) -> Optional[dict]:

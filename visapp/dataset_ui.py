@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from dash import Input, Output, State, callback, html, no_update
+from dash import Input, Output, callback, html, no_update
 
 from compute.errors import UserError
 

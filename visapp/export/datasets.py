@@ -140,7 +140,8 @@ DATASET_REGISTRY: dict[str, list[DatasetFigure]] = {
                                 f"{_corpus_txt(d)}; symbol = most frequent role; size = role stability."),
         DatasetFigure("corpus", "spread", "Spread over texts", _corpus(2),
                       lambda d, f: {"heads": corpus_head_table(d)}, LAYER_HEAD,
-                      lambda d: f"Std over texts of {d.settings.get('metric') or corpus.DEFAULT_METRIC}, {_corpus_txt(d)}."),
+                      lambda d: f"Std over texts of {d.settings.get('metric') or corpus.DEFAULT_METRIC}, "
+                                f"{_corpus_txt(d)}."),
         DatasetFigure("corpus", "stability", "Role stability", _corpus(3),
                       lambda d, f: {"heads": corpus_head_table(d)}, LAYER_HEAD,
                       lambda d: f"Share of texts on which each head has its most frequent role, {_corpus_txt(d)}."),

@@ -149,8 +149,8 @@ def open_text(click, result):
         raise PreventUpdate
     try:
         model, text = cj.run_text((result or {}).get("run"), str(tid))
-        return open_request(model, text), no_update, opened(f"opening text {tid}: analysing it (progress under Analyze); "
-                                                             "then every view shows it, e.g. Head overview")
+        return open_request(model, text), no_update, opened(
+            f"opening text {tid}: analysing it (progress under Analyze); then every view shows it, e.g. Head overview")
     except UserError as exc:
         return no_update, no_update, opened(str(exc), ok=False)
 

@@ -12,7 +12,7 @@ from compute.embedding import DEFAULT_METHOD, MAX_POINTS, METHODS
 from compute.errors import InputError, UserError
 
 from .. import corpus_jobs as cj
-from .. import ids, service, urlstate
+from .. import ids, urlstate
 from ..components import controls, graph, labelled, notice, plain_token, section
 from ..dataset_ui import guarded, job_row, open_request, opened, register_job, register_relay
 from ..figures import empty_figure
