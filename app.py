@@ -27,18 +27,24 @@ from visapp import callbacks  # noqa: E402,F401  (registers the shell's callback
 # The Procfile's worker runs `celery -A app:celery_app`: importing this module registers the background
 # callbacks as Celery tasks (with REDIS_URL) next to compute.tasks' corpus task.
 from compute.tasks import celery_app  # noqa: E402,F401
+from visapp import security  # noqa: E402
+
+security.install(server, app.csp_hashes())  # security headers on every response, request-body limit
+DEBUG = os.environ.get("ATTNVIS_DEBUG") == "1"
 
 # Dash builds its callback list on the first request and marks itself ready before it has finished, so
 # a request arriving meanwhile (a second browser request, another gunicorn thread) gets an empty
 # /_dash-dependencies and that page never runs a callback. Do the setup now, single-threaded.
-with server.test_client() as _client:
-    _client.get("/healthz")
+# (Not under ATTNVIS_DEBUG: app.run(debug=True) then adds error handlers, which Flask refuses after a request.)
+if not DEBUG:
+    with server.test_client() as _client:
+        _client.get("/healthz")
 
 
 def main() -> None:
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8050"))
-    app.run(host=host, port=port, debug=os.environ.get("ATTNVIS_DEBUG") == "1")
+    app.run(host=host, port=port, debug=DEBUG)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT_SEED = ("Attention heads in small language models route information between tokens. Some heads attend "
-             "to the previous token, others to the first token, which acts as a sink. ")
+TEXT = ROOT / "bench" / "data" / "english.txt"   # natural English prose (bench/data/README.md)
 
 
 def make_ids(tok, n):
-    ids = tok(TEXT_SEED * (n // 10 + 10)).input_ids[:n]
-    assert len(ids) == n
+    """The first n tokens of the benchmark text (its end is re-decoded and checked by text_file)."""
+    ids = tok(TEXT.read_text()).input_ids[:n]
+    assert len(ids) == n, f"the benchmark text has only {len(ids)} tokens"
     return ids
 
 
@@ -80,7 +80,7 @@ def text_file(n: int) -> Path:
         tok = load_model("smollm2-135m").tokenizer
         p.parent.mkdir(parents=True, exist_ok=True)
         text = tok.decode(make_ids(tok, n))
-        assert len(tok(text).input_ids) == n
+        assert len(tok(text).input_ids) == n, f"the first {n} tokens do not re-tokenise to {n}: pick another size"
         p.write_text(text)
     return p
 

@@ -10,6 +10,11 @@ comes first, stops what it started, and reports requests served, errors (must be
 Only loopback: the script never connects anywhere else.
 
     python bench/load_test.py --users 20 --duration 60 --workers 2 --threads 4 --out bench/results/load_test.md
+
+--analyses N adds N clients that each keep submitting a new analysis (a new text each time) while the
+users browse: browsing latency is reported without them, the analyses' end-to-end times and refusals
+separately, and the peak memory of the whole process tree (gunicorn, its job processes, the Celery
+worker) is sampled every 0.5 s, to show it stays bounded by the job cap (ATTNVIS_JOB_SLOTS).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from deploy_procs import (LOOPBACK, DashClient, Redis, base_env, celery_worker, free_port,  # noqa: E402
                           gunicorn, layout_values, shared_cache_dir, stop, wait_http, wait_log)
@@ -115,6 +121,69 @@ def user_loop(uid: int, base: str, rec: Recorder, ids: dict, defaults: dict, dep
                       lambda d=d, v=v: client.post(client.payload(d, v, [f"{ids['STATE']}.data"])))
 
 
+def analysis_loop(uid: int, base: str, rec: Recorder, ids: dict, defaults: dict, deps: list, stats: dict):
+    """One client submitting new analyses back to back (as the renderer does: start, then poll)."""
+    client = DashClient.__new__(DashClient)
+    client.base, client.end_id, client.deps, client.config = base, ids["end_id"], deps, {}
+    dep = client.dep(ids["DONE"], "data")
+    n = 0
+    while not rec.done():
+        n += 1
+        values = dict(defaults)
+        values.update({f"{ids['TEXT']}.value": f"Client {uid} asks question {n}: why do attention heads sink "
+                                                f"onto the first token of a sentence like this one?",
+                       f"{ids['MODEL']}.value": "smollm2-135m", f"{ids['MODEL_PATH']}.value": "",
+                       f"{ids['ANALYZE']}.n_clicks": n})
+        body = client.payload(dep, values, [f"{ids['ANALYZE']}.n_clicks"])
+        t0 = time.perf_counter()
+        try:
+            first = client.post(body)
+            handles = first.json() if first.status_code == 200 else {}
+            if "cacheKey" not in handles:
+                with rec.lock:
+                    stats["refused" if first.status_code == 200 else "errors"] += 1
+                time.sleep(1.0)
+                continue
+            while True:
+                r = client.post(body, cacheKey=handles["cacheKey"], job=handles["job"])
+                data = r.json() if r.status_code == 200 and r.content else {}
+                if r.status_code >= 400:
+                    raise RuntimeError(f"HTTP {r.status_code}")
+                if "response" in data or "sideUpdate" in data:
+                    ok = bool(data.get("response", {}).get(ids["DONE"], {}).get("data"))
+                    with rec.lock:
+                        stats["done" if ok else "failed"] += 1
+                        if ok:
+                            stats["seconds"].append(time.perf_counter() - t0)
+                    break
+                time.sleep(0.5)
+        except Exception as exc:
+            with rec.lock:
+                stats["errors"] += 1
+                rec.errors.append(f"analysis: {exc.__class__.__name__}: {exc}")
+
+
+def tree_rss(pids: list[int]) -> int:
+    """Memory of the process trees: PSS (shared pages split among their sharers, so the model pages a
+    forked job shares with its web process count once), RSS where PSS cannot be read."""
+    import psutil
+    total = 0
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            for q in [p] + p.children(recursive=True):
+                try:
+                    try:
+                        total += q.memory_full_info().pss
+                    except (psutil.AccessDenied, AttributeError):
+                        total += q.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def prepare(base: str, ids: dict, timeout: float) -> dict:
     """Run the default analysis once through the app (boot -> analysis job) and return the state."""
     import requests
@@ -186,18 +255,26 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=["embedded", "redis"], default="embedded",
                     help="embedded: file-system cache + diskcache jobs; redis: Redis cache + a Celery worker")
     ap.add_argument("--analysis-timeout", type=float, default=900, help="seconds allowed for the warm-up analysis")
+    ap.add_argument("--analyses", type=int, default=0, help="clients submitting new analyses meanwhile (default 0)")
+    ap.add_argument("--job-slots", type=int, default=2, help="ATTNVIS_JOB_SLOTS of the server (embedded mode)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="append-free: write the markdown report here")
     args = ap.parse_args(argv)
-    if not (1 <= args.users <= 500 and 0 < args.duration <= 3600 and 1 <= args.workers <= 32):
-        ap.error("users 1..500, duration 0..3600 s, workers 1..32")
+    if not (1 <= args.users <= 500 and 0 < args.duration <= 3600 and 1 <= args.workers <= 32
+            and 0 <= args.analyses <= 100 and 1 <= args.job_slots <= 64):
+        ap.error("users 1..500, duration 0..3600 s, workers 1..32, analyses 0..100, job slots 1..64")
 
     from visapp import ids as vids
     ids = {"URL": vids.URL, "STATE": vids.STATE, "DONE": vids.DONE, "AUTORUN": vids.AUTORUN,
-           "OV_GRAPH": vids.OV_GRAPH, "HD_LAYER": vids.HD_LAYER, "HD_HEAD": vids.HD_HEAD}
+           "OV_GRAPH": vids.OV_GRAPH, "HD_LAYER": vids.HD_LAYER, "HD_HEAD": vids.HD_HEAD, "TEXT": vids.TEXT,
+           "MODEL": vids.MODEL, "MODEL_PATH": vids.MODEL_PATH, "ANALYZE": vids.ANALYZE}
     work = Path(tempfile.mkdtemp(prefix="attnvis-load-"))
     procs, redis = [], None
-    env = base_env(ATTNVIS_CACHE_DIR=shared_cache_dir(work), ATTNVIS_SERVER_MODE="1", OMP_NUM_THREADS="1")
+    # every simulated client comes from 127.0.0.1: the per-client cap would be a global one, so it is
+    # raised to the number of analysis clients; the global cap and the job slots stay as configured
+    env = base_env(ATTNVIS_CACHE_DIR=shared_cache_dir(work), ATTNVIS_SERVER_MODE="1", OMP_NUM_THREADS="1",
+                   ATTNVIS_JOB_SLOTS=args.job_slots, ATTNVIS_CLIENT_JOBS=max(2, args.analyses + 1),
+                   ATTNVIS_TORCH_THREADS="1")
     try:
         if args.mode == "redis":
             redis = Redis(work)
@@ -220,12 +297,30 @@ def main(argv=None) -> int:
         rec = Recorder(args.max_requests, time.monotonic() + args.duration)
         threads = [threading.Thread(target=user_loop, args=(u, base, rec, ids, prep["defaults"], prep["client"].deps,
                                                              args.seed), daemon=True) for u in range(args.users)]
+        astats = {"done": 0, "failed": 0, "refused": 0, "errors": 0, "seconds": []}
+        arec = Recorder(10**9, rec.deadline)
+        arec.errors = rec.errors
+        threads += [threading.Thread(target=analysis_loop, args=(u, base, arec, ids, prep["defaults"],
+                                                                 prep["client"].deps, astats), daemon=True)
+                    for u in range(args.analyses)]
+        rss0 = tree_rss([p.pid for p in procs])
+        peak = [rss0]
+        stop_sampling = threading.Event()
+
+        def sample():
+            while not stop_sampling.is_set():
+                peak[0] = max(peak[0], tree_rss([p.pid for p in procs]))
+                stop_sampling.wait(0.5)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         t_start = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join(args.duration + 120)
         elapsed = time.monotonic() - t_start
+        stop_sampling.set()
+        sampler.join()
         pids = set()
         for line in glog.read_text(errors="replace").splitlines():
             if '"POST /_dash-update-component' in line or '"GET /' in line:
@@ -250,7 +345,8 @@ def main(argv=None) -> int:
              "each loops: page load (15%), view switch (20%), head click (65%), each click/switch followed by "
              "every callback that depends on the state, as the renderer fires them",
              f"- command: `python bench/load_test.py --users {args.users} --duration {args.duration:g} "
-             f"--workers {args.workers} --threads {args.threads} --mode {args.mode}`", "",
+             f"--workers {args.workers} --threads {args.threads} --mode {args.mode}"
+             + (f" --analyses {args.analyses} --job-slots {args.job_slots}" if args.analyses else "") + "`", "",
              "| requests served | errors | req/s | p50 latency | p95 latency | max latency | web workers that served |",
              "|---|---|---|---|---|---|---|",
              f"| {len(lat):,} | {len(rec.errors)} | {len(rec.samples) / elapsed:.1f} | "
@@ -262,6 +358,14 @@ def main(argv=None) -> int:
     for label in sorted(by, key=lambda k: -len(by[k])):
         xs = by[label]
         lines.append(f"| {label} | {len(xs):,} | {1000 * percentile(xs, 0.5):.0f} ms | {1000 * percentile(xs, 0.95):.0f} ms |")
+    if args.analyses:
+        secs = astats["seconds"]
+        lines += ["", f"Meanwhile {args.analyses} clients submitted new analyses back to back (embedded job slots: "
+                      f"{args.job_slots}): {astats['done']} finished, {astats['failed']} failed, "
+                      f"{astats['refused']} refused by admission control, {astats['errors']} errors; end-to-end "
+                      f"p50 {percentile(secs, 0.5):.1f} s, p95 {percentile(secs, 0.95):.1f} s (queueing included). "
+                      f"Process tree memory (PSS, gunicorn + jobs{' + Celery worker' if args.mode == 'redis' else ''}): "
+                      f"{rss0 / 2**30:.2f} GiB before, peak {peak[0] / 2**30:.2f} GiB."]
     if rec.errors:
         lines += ["", "Errors (first 10):", ""] + [f"- {e}" for e in rec.errors[:10]]
     report = "\n".join(lines) + "\n"

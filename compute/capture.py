@@ -50,8 +50,9 @@ def stats_rows(call: AttentionCall, a: int, e: int, config: StatsConfig):
     mask, rows [a, e) see keys [0, e): they are passed as the last e - a positions, which they are."""
     kend = e if call.causal else call.k.shape[2]
     kv = None if call.key_valid is None else call.key_valid[:, :kend]
+    variant = VariantMask(window=call.window) if call.window else None      # sliding-window layers
     return attention_stats(call.q[:, :, a:e], call.k[:, :, :kend], None, scale=call.scale, causal=call.causal,
-                           key_valid=kv, config=config, backend="torch")
+                           key_valid=kv, config=config, variant=variant, backend="torch")
 
 
 def row_blocks(call: AttentionCall, rows: Optional[tuple[int, int]] = None,
@@ -177,8 +178,6 @@ def instrumented_attention_forward(module, query, key, value, attention_mask, dr
         st.out = None
         sess.results[call.layer] = st.to("cpu")
         if obs is not None and not native:
-            if call.window:
-                raise UserError("row reductions of sliding-window layers need the torch backend (--backend torch)")
             for a, e, p in row_blocks(call, sess.observer_rows, sess.config.mem_budget_mb):
                 obs(call.layer, a, e, p)
     if sess is not None:

@@ -6,7 +6,7 @@ statistic are in kernels/stats_types.py; per-head summaries are in compute/summa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -75,8 +75,9 @@ class AttentionResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         arrays = {k: getattr(self, k) for k in ARRAY_FIELDS if getattr(self, k) is not None}
-        np.savez_compressed(out / "stats.npz", **arrays)
-        (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+        _write_atomic(out / "stats.npz", lambda f: _write_npz(f, arrays))
+        text = json.dumps(report, indent=1, default=_json_default)
+        _write_atomic(out / "report.json", lambda f: f.write(text.encode("utf-8")))
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "AttentionResult":
@@ -87,6 +88,40 @@ class AttentionResult:
                 if f.name in report["meta"]}
         extras = {k: report[k] for k in report.get("sections", []) if k in report}
         return cls(**meta, **{k: arrays.get(k) for k in ARRAY_FIELDS}, extras=extras)
+
+
+# Deflated in stats.npz: the maps, half zeros under a causal mask (deflate is fast on zero runs). The row
+# and column statistics are dense float32 that deflate shrinks little at a cost of ~1 s per 2k tokens,
+# so they are stored as they are.
+COMPRESSED = ("maps", "pooled_mean", "pooled_max")
+
+
+def _write_npz(f, arrays: dict) -> None:
+    """An .npz (np.load reads it; no pickles) with COMPRESSED arrays deflated at level 1."""
+    import zipfile
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, a in arrays.items():
+            zf.compression = zipfile.ZIP_DEFLATED if name in COMPRESSED else zipfile.ZIP_STORED   # per entry
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(a), allow_pickle=False)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write to a temporary file beside path, then rename: a failed write (disk full) leaves no partial
+    file, and the temporary file is removed."""
+    import os
+    import tempfile
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _json_default(o: Any):

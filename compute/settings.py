@@ -104,6 +104,9 @@ SETTINGS: tuple[Setting, ...] = (
             "available now) is refused. 0 = what is available now."),
     Setting("ATTNVIS_MEMORY_HEADROOM", "0.8", _float,
             "Fraction of the available memory an analysis may plan to use (the rest is headroom)."),
+    Setting("ATTNVIS_MAX_REQUEST_MB", "4", _float,
+            "Largest HTTP request body the web server accepts, in MiB (a longer post gets 413 before it is "
+            "read). Keep it above ATTNVIS_MAX_TEXT_CHARS x 6 bytes (JSON escapes)."),
     # models and security
     Setting("ATTNVIS_SERVER_MODE", "0", _bool,
             "1 = serving other people: models only from the registry and ATTNVIS_MODEL_DIRS, limits enforced. "
@@ -133,10 +136,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ATTNVIS_PRELOAD_MODELS", "", _str,
             "Comma-separated models a Celery worker loads when it starts, so its first task is not slow."),
     Setting("ATTNVIS_TASK_RETRIES", "3", _int,
-            "How often a Celery task whose worker died or failed transiently is retried."),
+            "Corpus texts: how often a Celery task whose worker died or failed transiently is retried. App "
+            "jobs: a job delivered more than this many extra times (its worker died each time) is stopped "
+            "with a message; a job whose user was told it was lost, or that was cancelled, never runs again."),
     Setting("ATTNVIS_TASK_VISIBILITY_S", "1200", _int,
             "Redis broker visibility timeout: a task whose worker died unacknowledged is redelivered after "
             "this many seconds. Keep it above ATTNVIS_TIME_LIMIT_S."),
+    Setting("ATTNVIS_JOB_SLOTS", "2", _int,
+            "Embedded mode (no REDIS_URL): background jobs that run at once on this host; more wait in a queue "
+            "and show their position. (With Celery the workers' count and concurrency bound it.)"),
+    Setting("ATTNVIS_CLIENT_JOBS", "4", _int,
+            "Jobs (analyses, comparisons, zooms) one client address may have queued or running at once; more "
+            "are refused with a message (0 = no cap). Behind a proxy every client has the proxy's address."),
+    Setting("ATTNVIS_MAX_QUEUED", "20", _int,
+            "Jobs queued or running on the whole deployment at once; more are refused with a message "
+            "(0 = no cap)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

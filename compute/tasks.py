@@ -62,7 +62,7 @@ celery_app = make_celery()
 
 BEACON_PREFIX = "attnvis:worker:"
 BEACON_SET = "attnvis:workers"         # sorted set hostname -> last beat, so "any worker?" is one ZCOUNT
-BEACON_TTL_S = 15
+BEACON_TTL_S = 9                      # a dead worker's job is reported within this (+ one poll)
 
 
 def _beacon(hostname: str) -> None:
@@ -78,7 +78,7 @@ def _beacon(hostname: str) -> None:
                 now = time.time()
                 r.pipeline().set(BEACON_PREFIX + hostname, str(os.getpid()), ex=BEACON_TTL_S) \
                     .zadd(BEACON_SET, {hostname: now}).zremrangebyscore(BEACON_SET, 0, now - BEACON_TTL_S) \
-                    .execute()
+                    .expire(BEACON_SET, 3 * BEACON_TTL_S).execute()        # no key without expiry
             except Exception:             # Redis restarting: try again at the next beat
                 r = None
             time.sleep(BEACON_TTL_S / 3)

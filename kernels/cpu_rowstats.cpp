@@ -6,6 +6,7 @@
 // stays in L1/L2 for its three sweeps: max and first argmax; exp, sum and sum e*z; normalise in
 // place while accumulating E[kpos] and the prefix masses at the row's sorted key-index thresholds.
 // Torch ops would make ~10 passes over the chunk, each one a trip through L3 and a dispatch.
+// block_sum_max then reads the probabilities once for the pooled maps' sums and maxima (two torch passes).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -132,6 +133,47 @@ void softmax_row_stats(at::Tensor s, at::Tensor kpos, at::Tensor thr, int64_t ro
   });
 }
 
+// Column sums and maxima of row blocks, in one sweep: p [G, R, K] fp32 contiguous (G = batch x heads),
+// bounds [nb + 1] int64 row offsets of the blocks (0 = bounds[0] < ... < bounds[nb] = R); out_sum and
+// out_max [G, nb, K]. Work is split over (g, column tile), so no two threads write one output. p >= 0
+// (probabilities), so a zero start is the max of a non-empty block, as torch's amax gives.
+void block_sum_max(at::Tensor p, at::Tensor bounds, at::Tensor out_sum, at::Tensor out_max) {
+  TORCH_CHECK(p.is_contiguous() && p.scalar_type() == at::kFloat && p.dim() == 3, "p: contiguous fp32 [G, R, K]");
+  TORCH_CHECK(bounds.is_contiguous() && bounds.scalar_type() == at::kLong, "bounds: int64");
+  const int64_t G = p.size(0), R = p.size(1), K = p.size(2), nb = bounds.numel() - 1;
+  TORCH_CHECK(out_sum.is_contiguous() && out_max.is_contiguous() && out_sum.numel() == G * nb * K &&
+              out_max.numel() == G * nb * K, "block_sum_max: outputs [G, nb, K]");
+  const float* pp = p.data_ptr<float>();
+  const int64_t* pb = bounds.data_ptr<int64_t>();
+  float *ps = out_sum.data_ptr<float>(), *pm = out_max.data_ptr<float>();
+  constexpr int64_t TILE = 512;                 // columns per task: 2 KB of each row, 2 x 2 KB of output
+  const int64_t tiles = (K + TILE - 1) / TILE;
+  at::parallel_for(0, G * tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / tiles, c0 = (t % tiles) * TILE, c1 = std::min(K, c0 + TILE);
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        float* os = ps + (g * nb + blk) * K;
+        float* om = pm + (g * nb + blk) * K;
+        for (int64_t c = c0; c < c1; ++c) os[c] = om[c] = 0.0f;
+        for (int64_t r = pb[blk]; r < pb[blk + 1]; ++r) {
+          const float* x = pp + (g * R + r) * K;
+          int64_t c = c0;
+          for (; c + 8 <= c1; c += 8) {
+            __m256 v = _mm256_loadu_ps(x + c);
+            _mm256_storeu_ps(os + c, _mm256_add_ps(_mm256_loadu_ps(os + c), v));
+            _mm256_storeu_ps(om + c, _mm256_max_ps(_mm256_loadu_ps(om + c), v));
+          }
+          for (; c < c1; ++c) {
+            os[c] += x[c];
+            om[c] = x[c] > om[c] ? x[c] : om[c];
+          }
+        }
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_row_stats", &softmax_row_stats, "fused softmax and row statistics of a logit chunk");
+  m.def("block_sum_max", &block_sum_max, "column sums and maxima of row blocks in one sweep");
 }

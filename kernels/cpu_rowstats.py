@@ -127,7 +127,7 @@ def unavailable_reason() -> Optional[str]:
 
 def report(build_if_missing: bool = False) -> str:
     """One line for set-up logs and diagnostics; with build_if_missing (set-up) it compiles first."""
-    if build_if_missing and enabled() and _cpu_has_avx2_fma() and row_kernel() is None:
+    if build_if_missing and enabled() and _cpu_has_avx2_fma() and _import_built() is None:
         try:
             build()
         except Exception as exc:  # no compiler, no ninja, no headers: the torch ops still work

@@ -125,6 +125,26 @@ def _fused_rows(kernel, s: torch.Tensor, kpos_rows: torch.Tensor, t_sorted: torc
     return (s, m.view(*shape, 1), idx.view(*shape, 1), log_l.view(shape), ent.view(shape), ekpos.view(shape), mb)
 
 
+def _block_bounds(a: int, rr: int, pool: int) -> list[int]:
+    """Row offsets of the pool-row blocks that rows a..a+rr-1 fall in (the partition _row_blocks uses)."""
+    head = min(rr, (-a) % pool)
+    bounds = [0] + ([head] if head else [])
+    while bounds[-1] < rr:
+        bounds.append(min(rr, bounds[-1] + pool))
+    return bounds
+
+
+def _row_blocks_sum_max(kernel, x: torch.Tensor, a: int, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(_row_blocks(x, a, pool, 'sum'), _row_blocks(x, a, pool, 'max')) in one sweep of the C++ kernel."""
+    *lead, rr, k = x.shape
+    bounds = torch.tensor(_block_bounds(a, rr, pool), dtype=torch.long)
+    nb = len(bounds) - 1
+    g = x.reshape(-1, rr, k)
+    rs, rm = torch.empty(g.shape[0], nb, k), torch.empty(g.shape[0], nb, k)
+    kernel.block_sum_max(g, bounds, rs, rm)
+    return rs.view(*lead, nb, k), rm.view(*lead, nb, k)
+
+
 def _row_blocks(x: torch.Tensor, a: int, pool: int, op: str) -> torch.Tensor:
     """Reduce the rows a..a+R of x [..., R, K] within their pool-row blocks -> [..., n_blocks, K], block
     a // pool first. Reducing over rows (dim -2) streams whole key rows, far faster on CPU than
@@ -317,10 +337,14 @@ def attention_stats_torch(q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Te
 
         qrow = None if bool(qvalid[:, a:e].all()) else qvalid[:, a:e].to(f32).view(b, 1, 1, rr, 1)
         pv = p if qrow is None else p * qrow
-        # Column sums and pooled maps from one pass each over rows (sum, max) per pool-row block;
-        # chunks may start mid-block, so blocks accumulate across chunks.
-        rs = _row_blocks(pv, a, pool, "sum")                                 # [.., nblk, kend]
-        rm = _row_blocks(pv, a, pool, "max")
+        # Column sums and pooled maps from the sums and maxima over rows of each pool-row block (one
+        # sweep in the C++ kernel, else one torch pass each); chunks may start mid-block, so blocks
+        # accumulate across chunks.
+        if fused is not None:
+            rs, rm = _row_blocks_sum_max(fused, pv.contiguous(), a, pool)    # [.., nblk, kend]
+        else:
+            rs = _row_blocks(pv, a, pool, "sum")
+            rm = _row_blocks(pv, a, pool, "max")
         del pv
         colsum[:, :, :kend] += rs.sum(-2).view(b, h, kend)
         ks, km = _block_reduce(rs, pool, "sum"), _block_reduce(rm, pool, "max")

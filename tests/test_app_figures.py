@@ -16,11 +16,12 @@ def causal_map(n, seed=0):
     return a / a.sum(1, keepdims=True)
 
 
-def test_token_labels_are_unique_and_escaped():
-    toks = ["<b>", " the", " the", "\n", "&x"]
-    labels = F.token_labels(toks)
-    assert labels == ["(0)&lt;b&gt;", "(1) the", "(2) the", "(3)⏎", "(4)&amp;x"]
+def test_token_labels_are_unique_plain_text_and_escaped_by_figures():
+    toks = ["<b>", " the", " the", "\n", "&x", " ", "  ", "\t", ""]
+    labels = F.token_labels(toks)      # plain text (tables, CSV); figures escape it once
+    assert labels == ["(0)<b>", "(1) the", "(2) the", "(3)⏎", "(4)&x", "(5)␣", "(6)␣␣", "(7)⇥", "(8)∅"]
     assert len(set(labels)) == len(labels)
+    assert common.escape_all(labels[:1] + labels[4:5]) == ["(0)&lt;b&gt;", "(4)&amp;x"]
     long = F.show_token("a" * 40)
     assert long.endswith("…") and len(long) == common.MAX_LABEL_CHARS
 

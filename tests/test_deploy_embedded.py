@@ -114,7 +114,7 @@ def test_corrupted_cache_file_is_recomputed(web):
     core = web.cache_file(f"{key}:core")
     with open(core, "r+b") as f:                  # keep the 4-byte expiry header, break the pickle
         f.seek(4)
-        f.write(b"\x80\x05not a pickle at all" * 4)
+        f.write(b"ATVC\x01\x00not a valid frame" * 4)
         f.truncate()
     # each worker may still hold the result in memory; a fresh client asks until one reads the disk
     reply = None
@@ -123,7 +123,8 @@ def test_corrupted_cache_file_is_recomputed(web):
         assert reply.status_code == 200 and "Traceback" not in reply.text
     again = done_key(submit(client, text))
     assert again == key
-    import pickle
+    from visapp import cache_codec, state
     with open(core, "rb") as f:
         f.read(4)
-        assert pickle.load(f).n_tokens > 0          # rewritten whole
+        key = state.codec_key((web.cache / "secret_key").read_text().strip())
+        assert cache_codec.loads(f.read(), key).n_tokens > 0          # rewritten whole, as data

@@ -31,11 +31,11 @@ SHORT = "The cat sat on the mat. The dog sat on the log."
 class Stack:
     """redis + one Celery worker (restartable) + gunicorn with 2 workers, in one tmp folder."""
 
-    def __init__(self, d):
+    def __init__(self, d, **extra_env):
         self.dir = d
         self.redis = Redis(d)
         self.env = base_env(REDIS_URL=self.redis.url, ATTNVIS_CACHE_DIR=shared_cache_dir(d), ATTNVIS_SERVER_MODE="1",
-                            ATTNVIS_PRELOAD_MODELS="smollm2-135m")
+                            ATTNVIS_PRELOAD_MODELS="smollm2-135m", **extra_env)
         self.n_workers = 0
         self.worker = self.web = None
         try:

@@ -143,7 +143,7 @@ def test_png_dpi_chunk_and_figure_tables(ex):
     got = np.array([[np.nan if v is None else v for v in r[1:]] for r in t.rows], float)
     expect = np.where(np.tri(len(TOKENS), dtype=bool), a, np.nan)
     np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-7)          # raw a, not log10 a
-    assert t.columns[1] == "(0)The" and t.rows[10][0] == "(10)&lt;b&gt;"
+    assert t.columns[1] == "(0)The" and t.rows[10][0] == "(10)<b>"          # plain text in data, not entities
     csv = t.to_csv().splitlines()
     assert csv[0].startswith("query \\ key,(0)The") and csv[1].split(",")[2] == ""   # causal blank
     js = t.to_json()

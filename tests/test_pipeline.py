@@ -144,3 +144,41 @@ def test_backends_without_an_observer_recompute_the_planned_rows(smollm, monkeyp
     np.testing.assert_allclose(fallback["roles"]["scores"]["syntactic"], native["roles"]["scores"]["syntactic"],
                                atol=1e-6)
     np.testing.assert_allclose(fallback["basin"]["per_head"], native["basin"]["per_head"], atol=1e-6)
+
+
+def test_recomputed_rows_respect_a_sliding_window():
+    """row_blocks (the q/k fallback, on-demand zoom, tracing) masks keys outside a layer's window."""
+    from compute.capture import AttentionCall, row_blocks
+    from kernels import VariantMask
+    q, k, _ = _qk(True, n=23)
+    call = AttentionCall(0, q, k, k, None, True, 0.3, window=5)
+    got = torch.zeros(1, 4, 23, 23)
+    for a, e, p in row_blocks(call, mem_budget_mb=0):
+        got[:, :, a:e, :p.shape[-1]] = p
+    ref = attention_stats_dense(q, k, k, scale=0.3, causal=True, config=StatsConfig(full_maps=True),
+                                variant=VariantMask(window=5)).maps
+    torch.testing.assert_close(got, ref.float(), atol=2e-6, rtol=1e-5)
+    i = torch.arange(23)
+    assert not got[0, :, (i[:, None] - i[None, :]) >= 5].any()
+
+
+def test_a_failed_save_leaves_nothing_partial(tmp_path, monkeypatch):
+    """stats.npz and report.json are written beside their names and renamed: a write that fails (disk
+    full) leaves neither a partial file nor a temporary one."""
+    from compute import result as R
+    res = R.AttentionResult.__new__(R.AttentionResult)
+    for k in R.ARRAY_FIELDS:
+        setattr(res, k, None)
+    res.lse = np.zeros((1, 1, 3), np.float32)
+    res.pooled_mean = np.zeros((1, 1, 2, 2), np.float32)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np.lib.format, "write_array", full)
+    with pytest.raises(OSError):
+        res.save(tmp_path / "o", {"model": "m"})
+    assert list((tmp_path / "o").iterdir()) == []
+    monkeypatch.undo()
+    res.save(tmp_path / "o", {"model": "m"})
+    got = np.load(tmp_path / "o" / "stats.npz")
+    assert sorted(got.files) == ["lse", "pooled_mean"] and got["pooled_mean"].shape == (1, 1, 2, 2)

@@ -174,9 +174,10 @@ def analysis_job(set_progress, n_analyze, gen_req, autorun, model, path, text, b
                 return no_update, no_update
             if autorun.get("done"):
                 return {"key": autorun["done"], "model": autorun.get("model", ""), "t": time.time()}, ""
-            d = dict(autorun["request"])
-            d["probes"] = tuple(d.get("probes") or ())
-            req = service.Request(**d)
+            d = autorun.get("request")           # browser-sent: validated like the input panel's values
+            if not isinstance(d, dict):
+                raise UserError("the page sent a malformed request; reload it")
+            req = service.make_request(**{k: d[k] for k in service.Request.__dataclass_fields__ if k in d})
         else:
             gen = (gen_req or {}).get("tokens") if trig == ids.GEN_REQ else 0
             req = service.make_request(

@@ -17,7 +17,8 @@ request: model, text, options, analysis settings):
   <key>:qk:<l>       one layer's q/k for on-demand blocks of longer texts
   <key>:zoom:<..>    a full-resolution block of one head
   <key>:cmp:<..>     a variant comparison
-The core is written last, so a present core means its pieces were written.
+The core is written last, so a present core means its pieces were written; a failed write deletes the
+pieces (see _store_result). Values are data (visapp.cache_codec), never pickles; every key expires.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from compute.errors import InputError, UserError
 from compute.options import AnalysisOptions, defaults
 from kernels.names import BACKENDS
 
-from . import state
+from . import cache_codec, state
 from .presets import DEFAULT_PRESET, PRESETS
 
 log = logging.getLogger(__name__)
@@ -248,11 +249,10 @@ def run_analysis(req: Request, progress: Optional[Progress] = None, cancel=None)
     text, generation = req.text, None
     if req.generate:
         from compute.generate import generate_text
+        from compute.limits import Deadline
         p(0.02, f"generating {req.generate} tokens")
-        g = generate_text(lm, req.text, req.generate, req.max_tokens)
-        text = g.text
-        generation = {"prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens,
-                      "continuation": g.continuation, "prompt_chars": len(g.prompt)}
+        g = generate_text(lm, req.text, req.generate, req.max_tokens, cancel=Deadline(None, cancel))
+        text, generation = g.text, g.record()
     opts, sections = options_for(req)
     res = analyze(lm, text, opts, sections, progress=_progress(progress, 0.05, 0.97), cancel=cancel)
     if req.items == "none":
@@ -266,15 +266,32 @@ def run_analysis(req: Request, progress: Optional[Progress] = None, cancel=None)
 
 
 def _store_result(key: str, req: Request, res) -> None:
+    """Write the pieces, then the core (a present core means its pieces were written). A failed write
+    (disk full, Redis maxmemory) deletes what was written and raises StoreWriteError: nothing partial
+    stays, and the job reports it instead of saying done. Every key expires (ATTNVIS_CACHE_TIMEOUT_S)."""
     st = state.store()
-    st.set(f"{key}:req", req.to_dict(), timeout=0)
+    written: list[str] = []
+
+    def put(k: str, value) -> None:
+        written.append(k)
+        st.set(k, value)
+
     maps = res.maps
-    if maps is not None:
-        for layer in range(res.n_layers):
-            st.set(f"{key}:maps:{layer}", np.ascontiguousarray(maps[layer]))
-    res.maps = None
-    res.extras["has_full_maps"] = maps is not None
-    st.set(f"{key}:core", res)
+    try:
+        put(f"{key}:req", req.to_dict())
+        if maps is not None:
+            for layer in range(res.n_layers):
+                put(f"{key}:maps:{layer}", np.ascontiguousarray(maps[layer]))
+        res.maps = None
+        res.extras["has_full_maps"] = maps is not None
+        put(f"{key}:core", res)
+    except BaseException:
+        for k in reversed(written):
+            try:
+                st.delete(k)
+            except Exception:
+                log.warning("could not delete the partial entry %s", k)
+        raise
     _remember(key, res)
 
 
@@ -369,11 +386,32 @@ def zoom_key(key: str, layer: int, head: int, q0: int, k0: int, span: int) -> st
     return f"{key}:zoom:{layer}.{head}:{q0}:{k0}:{span}"
 
 
+def check_zoom(res, layer, head, q0, q1, k0, k1) -> tuple[int, ...]:
+    """The zoom request a browser sent, checked on the server: whole numbers inside the text and the
+    model, and a window no larger than zoom_span (ZOOM_SPAN) per side."""
+    try:
+        vals = tuple(int(v) for v in (layer, head, q0, q1, k0, k1))
+    except (TypeError, ValueError):
+        raise InputError("zoom: the window must be given as whole numbers") from None
+    if any(isinstance(v, float) and not float(v).is_integer() for v in (layer, head, q0, q1, k0, k1)):
+        raise InputError("zoom: the window must be given as whole numbers")
+    layer, head, q0, q1, k0, k1 = vals
+    n, span = res.n_tokens, zoom_span(res.n_tokens)
+    if not (0 <= layer < res.n_layers and 0 <= head < res.n_heads):
+        raise InputError(f"zoom: no head {layer}.{head} (the model has {res.n_layers} layers x {res.n_heads} heads)")
+    if not (0 <= q0 < q1 <= n and 0 <= k0 < k1 <= n):
+        raise InputError(f"zoom: the window must lie inside the text's {n} tokens")
+    if q1 - q0 > span or k1 - k0 > span:
+        raise InputError(f"zoom: the window may be at most {span} x {span} tokens (ZOOM_SPAN)")
+    return vals
+
+
 def compute_zoom(key: str, layer: int, head: int, q0: int, q1: int, k0: int, k1: int) -> str:
     """Full-resolution block of one head for a long text (runs in a job); returns its cache key."""
     from compute.ondemand import head_block, layer_qk
 
     res = get_result(key)
+    layer, head, q0, q1, k0, k1 = check_zoom(res, layer, head, q0, q1, k0, k1)
     req = get_request(key)
     if req is None:
         raise NotCached("the request of this analysis is no longer cached; analyse again")
@@ -442,6 +480,10 @@ class Comparison:
     maps: dict = field(default_factory=dict)         # (spec | 'softmax', layer, head) -> [N, N] float32
 
 
+cache_codec.register(Comparison)                     # cached as data (visapp.cache_codec), never pickled
+MAX_SPECS = 8                                        # variants one comparison may run
+
+
 def comparison_key(key: str, specs: list[str], layers: Optional[list[int]]) -> str:
     h = hashlib.sha1(json.dumps([sorted(specs), layers]).encode()).hexdigest()[:16]
     return f"{key}:cmp:{h}"
@@ -464,6 +506,7 @@ def run_comparison(key: str, specs: list[str], layers: Optional[list[int]], head
     if reason:
         raise UserError(reason)
     from compute import variants
+    from compute.limits import Deadline, hard_time_limit
 
     res = get_result(key)
     req = get_request(key)
@@ -472,22 +515,28 @@ def run_comparison(key: str, specs: list[str], layers: Optional[list[int]], head
     if not specs:
         raise InputError("pick at least one variant")
     specs = canonical_specs(specs)
+    if len(specs) > MAX_SPECS:
+        raise InputError(f"at most {MAX_SPECS} variants per comparison, got {len(specs)}")
+    l, h = check_zoom(res, head[0], head[1], 0, 1, 0, 1)[:2]
     ck = comparison_key(key, specs, layers)
     st = state.store()
     cmp = st.get(ck)
     lm = _load(req.model)
-    if cmp is None:
-        out = variants.compare_variants(lm, res.text, specs, layers=layers, max_tokens=req.max_tokens,
-                                        progress=_progress(progress, 0, 0.85))
-        cmp = Comparison(specs=specs, layers=list(out.get("layers") or []) or layers,
-                         result=variants.to_jsonable(out))
-    l, h = head
-    if ("softmax", l, h) not in cmp.maps and res.n_tokens <= app_full_map_max():
-        _progress(progress, 0.85, 1.0)(0.0, f"maps of head {l}.{h}")
-        m = variants.variant_maps(lm, res.text, specs, l, h)
-        cmp.maps[("softmax", l, h)] = np.asarray(m["softmax"], np.float32)
-        for spec, z in m["maps"].items():
-            cmp.maps[(spec, l, h)] = np.asarray(z, np.float32)
+    deadline = Deadline()          # the analysis time limit (ATTNVIS_TIME_LIMIT_S), checked at every step,
+    with hard_time_limit(          # and an alarm a little later for a step that does not return
+            deadline.seconds * 1.5 + 5 if deadline.seconds else None):
+        if cmp is None:
+            out = variants.compare_variants(lm, res.text, specs, layers=layers, max_tokens=req.max_tokens,
+                                            progress=_progress(progress, 0, 0.85), cancel=deadline)
+            cmp = Comparison(specs=specs, layers=list(out.get("layers") or []) or layers,
+                             result=variants.to_jsonable(out))
+        if ("softmax", l, h) not in cmp.maps and res.n_tokens <= app_full_map_max():
+            _progress(progress, 0.85, 1.0)(0.0, f"maps of head {l}.{h}")
+            deadline()
+            m = variants.variant_maps(lm, res.text, specs, l, h)
+            cmp.maps[("softmax", l, h)] = np.asarray(m["softmax"], np.float32)
+            for spec, z in m["maps"].items():
+                cmp.maps[(spec, l, h)] = np.asarray(z, np.float32)
     st.set(ck, cmp)
     return ck
 

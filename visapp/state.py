@@ -36,21 +36,34 @@ def cache_config() -> dict:
             "CACHE_THRESHOLD": settings.get("ATTNVIS_CACHE_THRESHOLD"), "CACHE_DEFAULT_TIMEOUT": timeout}
 
 
+def codec_key(secret: str = "") -> bytes:
+    """The key that signs cache values (visapp.cache_codec): derived from the app's secret, so every
+    web process and worker that shares ATTNVIS_SECRET_KEY (or ATTNVIS_CACHE_DIR) reads the others'."""
+    import hashlib
+
+    from .hardening import secret_key
+    return hashlib.blake2b((secret or secret_key()).encode(), digest_size=32, person=b"attnvis-cache").digest()
+
+
 def store():
     """The flask-caching backend (FileSystemCache or RedisCache) of this process, usable without a Flask
-    app context (background jobs have none). Values are pickled: numpy arrays are fine."""
+    app context (background jobs have none). Values go through visapp.cache_codec (JSON + numpy
+    buffers, signed), never pickle; every key gets ATTNVIS_CACHE_TIMEOUT_S."""
     global _STORE
     if _STORE is None:
+        from .cache_codec import Serializer
+        from .hardening import CheckedFileSystemCache, SafeStore
+
         cfg = cache_config()
+        serializer = Serializer(codec_key())
         if cfg["CACHE_TYPE"] == "RedisCache":
             from flask_caching.backends import RedisCache
-            _STORE = RedisCache.factory(None, dict(cfg), [], {"default_timeout": cfg["CACHE_DEFAULT_TIMEOUT"]})
+            backend = RedisCache.factory(None, dict(cfg), [], {"default_timeout": cfg["CACHE_DEFAULT_TIMEOUT"]})
         else:
-            from flask_caching.backends import FileSystemCache
-            _STORE = FileSystemCache(cfg["CACHE_DIR"], threshold=cfg["CACHE_THRESHOLD"],
-                                     default_timeout=cfg["CACHE_DEFAULT_TIMEOUT"])
-        from .hardening import SafeStore  # corrupted entries read as missing; Redis down -> clear error
-        _STORE = SafeStore(_STORE)
+            backend = CheckedFileSystemCache(cfg["CACHE_DIR"], serializer, threshold=cfg["CACHE_THRESHOLD"],
+                                             default_timeout=cfg["CACHE_DEFAULT_TIMEOUT"])
+        backend.serializer = serializer      # an instance attribute: the class default pickles
+        _STORE = SafeStore(backend)          # unreadable entries read as missing; failed writes raise
     return _STORE
 
 

@@ -2,7 +2,7 @@
 
 Figure builders take `template=` and never hard-code fonts or colours, so the export path (issue 7)
 renders the same figures with the paper template. Scales are colour-blind safe: viridis/cividis for
-magnitudes, RdBu/PuOr (centred on 0) for signed differences, Okabe-Ito for categories.
+magnitudes, RdBu/PuOr (centred on 0) for signed differences, Okabe-Ito (then symbols) for categories.
 """
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ DIVERGING_ALT = "PuOr_r"
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+# More categories than colours: the next symbol with the same colours (no palette of more than ~8 hues
+# stays distinguishable), so 8 x 6 = 48 categories get distinct (colour, symbol) pairs.
+CATEGORY_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
+
+
+def category_style(c: int) -> tuple[str, str]:
+    """(colour, marker symbol) of category c: distinct for c < 48, cycling after."""
+    c = int(c) % (len(OKABE_ITO) * len(CATEGORY_SYMBOLS))
+    return OKABE_ITO[c % len(OKABE_ITO)], CATEGORY_SYMBOLS[c // len(OKABE_ITO)]
 
 SCREEN_FONT = "DejaVu Sans, Liberation Sans, Arial, sans-serif"
 PAPER_FONTS = {"serif": "Liberation Serif, DejaVu Serif, Times New Roman, serif",

@@ -156,7 +156,6 @@ def items_from_spec(spec, text: str) -> dict:
 def map_layout(found: dict, char_spans: np.ndarray) -> Layout:
     """Char spans -> token indices (a token belongs to the span holding its first non-space char)."""
     starts = char_spans[:, 0]
-    n = len(starts)
     toks, token0_item = [], None
     for k, (s, e, label) in enumerate(found["items"]):
         t = np.nonzero((starts >= s) & (starts < e))[0]

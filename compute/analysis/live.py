@@ -1,14 +1,8 @@
-"""Exact attention reductions that the engine's statistics do not hold, computed during one extra
-forward pass without ever building n x n for all heads.
+"""Forwards of inputs other than the analysed text (the basin calibration prompts, on-demand maps of one
+head), with a per-layer function seeing each layer's q/k; and region_colsum on one such layer.
 
-A CaptureSession output hook sees each layer's q/k as the model runs; for that layer we compute the
-exact softmax rows we need with kernels.attention_stats on a slice of query rows:
-  * region_colsum: q rows [q0, q1) against the keys they see gives sum_{i in region} A_ij exactly
-    (the engine's colsum restricted to the region);
-  * row_blocks: dense rows [a, e) x keys (memory H * rows * N, bounded by the budget).
-With a causal mask, rows [a, e) see keys [0, e), so attention_stats gets k[:, :, :e] and counts the
-rows as the last e - a positions, which they are. Column sums of bidirectional models ignore query
-positions, so any row range works there.
+The analysed text itself never comes here: its reductions are planned before its single forward and
+filled from the engine's own probability blocks (plan.py, reductions.py, compute.pipeline).
 """
 from __future__ import annotations
 

@@ -26,14 +26,23 @@ class PairMass:
         self.c = torch.from_numpy(np.asarray(cols, np.int64)[order])
         self.mass = np.zeros((n_layers, n_heads, n_tokens))
         self.rows = (int(self.r.min()), int(self.r.max()) + 1) if len(self.r) else (0, 0)
+        self._index: dict = {}            # (a, e, kend) -> (local rows, flat indices): same chunks every layer
+
+    def _chunk(self, a: int, e: int, kend: int):
+        key = (a, e, kend)
+        if key not in self._index:
+            lo, hi = torch.searchsorted(self.r, torch.tensor([a, e])).tolist()
+            r = self.r[lo:hi] - a
+            self._index[key] = (r, r * kend + self.c[lo:hi]) if hi > lo else None
+        return self._index[key]
 
     def on_block(self, layer: int, a: int, e: int, p: torch.Tensor) -> None:
-        lo, hi = torch.searchsorted(self.r, torch.tensor([a, e])).tolist()
-        if lo == hi:
+        idx = self._chunk(a, e, p.shape[-1])
+        if idx is None:
             return
-        r, c = self.r[lo:hi] - a, self.c[lo:hi]
+        r, flat = idx
         acc = torch.zeros(p.shape[0], e - a, dtype=torch.float64)
-        acc.index_add_(1, r, p[:, r, c].double())
+        acc.index_add_(1, r, p.reshape(p.shape[0], -1).index_select(1, flat).double())
         self.mass[layer, :, a:e] += acc.numpy()
 
 
@@ -43,20 +52,28 @@ class DiagonalProfile:
         self.d = torch.from_numpy(self.offsets)
         self.sums = np.zeros((n_layers, n_heads, len(self.offsets)))
         self.rows = None if len(self.offsets) else (0, 0)
+        self._index: dict = {}
+
+    def _chunk(self, a: int, e: int, kend: int):
+        key = (a, e, kend)
+        if key not in self._index:
+            i = torch.arange(a, e)
+            j = i[None, :] - self.d[:, None]                              # [n_offsets, rr]
+            ok = (j >= 1) & (j < kend)
+            which = torch.arange(len(self.offsets))[:, None].expand_as(j)[ok]
+            self._index[key] = (which, ((i[None, :] - a) * kend + j)[ok]) if bool(ok.any()) else None
+        return self._index[key]
 
     def on_block(self, layer: int, a: int, e: int, p: torch.Tensor) -> None:
         if not len(self.offsets):
             return
-        h, rr, kend = p.shape
-        i = torch.arange(a, e)
-        j = i[None, :] - self.d[:, None]                                  # [n_offsets, rr]
-        ok = (j >= 1) & (j < kend)
-        if not bool(ok.any()):
+        idx = self._chunk(a, e, p.shape[-1])
+        if idx is None:
             return
-        which = torch.arange(len(self.offsets))[:, None].expand_as(j)[ok]
-        flat = ((i[None, :] - a) * kend + j)[ok]
+        which, flat = idx
+        h = p.shape[0]
         acc = torch.zeros(h, len(self.offsets), dtype=torch.float64)
-        acc.index_add_(1, which, p.reshape(h, rr * kend)[:, flat].double())
+        acc.index_add_(1, which, p.reshape(h, -1).index_select(1, flat).double())
         self.sums[layer] += acc.numpy()
 
     def full(self, n_tokens: int) -> np.ndarray:

@@ -8,14 +8,16 @@ earlier occurrence of i's context. With t the token ids:
   duplicate targets   D(i) = {j < i : t[j] = t[i]}  (previous occurrences of the same token)
   score[l, h]         mean over queries with a non-empty set of sum_{j in set} A_ij   (exact, from the
                       engine's probability blocks through reductions.PairMass)
-Token 0 is never a target (it is the sink). Pairs are capped at MAX_PAIRS (queries kept in order), so
-a text of one repeated token costs bounded work; the count of queries used is reported.
+Token 0 is never a target (it is the sink). Each query keeps its MAX_EARLIER most recent earlier
+occurrences, and pairs are capped at MAX_PAIRS (queries kept in order), so a text that repeats itself
+many times costs bounded work; the count of queries used is reported.
 """
 from __future__ import annotations
 
 import numpy as np
 
 MAX_PAIRS = 200_000
+MAX_EARLIER = 32          # most recent earlier occurrences per query
 
 
 def _bounded(rows: list, cols: list) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +34,7 @@ def induction_pairs(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = [], []
     for i in range(1, len(ids)):
         key = (ids[i - 1], ids[i])
-        for ip in seen.get(key, ()):
+        for ip in seen.get(key, ())[-MAX_EARLIER:]:
             if 1 <= ip + 1 < i:
                 rows.append(i)
                 cols.append(ip + 1)
@@ -47,7 +49,7 @@ def duplicate_pairs(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     seen: dict[int, list[int]] = {}
     rows, cols = [], []
     for i, t in enumerate(ids):
-        for j in seen.get(t, ()):
+        for j in seen.get(t, ())[-MAX_EARLIER:]:
             rows.append(i)
             cols.append(j)
         if i >= 1:

@@ -8,11 +8,11 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import analyze, compare, diff, embed, search
+from . import analyze, compare, diff, embed, search, trace
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1
-COMMANDS = (analyze, compare, embed, search, diff)          # each has register(subparsers)
+COMMANDS = (analyze, compare, trace, embed, search, diff)          # each has register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,12 @@ all their keys, and the fit stops early when `budget_s` seconds are spent (so a 
 minute even on a loaded CPU; the summary says how many steps ran). Fits are cached per (layer q/k/v
 fingerprint, parameters), i.e. per (model, text, layer). Features are clamped at 1e-12 as in LoLCATs
 (this also keeps denormal floats, which are very slow on CPUs, out of the products).
+
+Bounded and reported: steps, tokens, rows and the time budget are capped (CAPS, the same values the
+registry's spec parser enforces; a direct call past a cap is an InputError before any work). A fit
+times its first Adam step and reports an estimate for the layer (setup + min(steps x step time,
+budget)) before the rest of the fit runs; fit_layers (and the Hedgehog variant across its prepare
+calls) reports each fitted layer in order with the time left for the planned layers.
 """
 from __future__ import annotations
 
@@ -18,17 +24,51 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..capture import check_cancel
+from ..errors import InputError
 from .common import repeat_kv
 from .linear import FeatureMapVariant
 
 _CACHE: "OrderedDict[tuple, HedgehogFit]" = OrderedDict()
 CACHE_SIZE = 128
 FEATURE_EPS = 1e-12
+# Largest allowed fit parameters: bound a fit's work (issue 15); registry.py's hedgehog params use them.
+CAPS = {"steps": 2000, "tokens": 8192, "rows": 8192, "budget": 600.0}
+
+
+def check_caps(steps: int, tokens: int, rows: int, budget_s: float) -> None:
+    """One clear line for a parameter past its cap (or not a sensible value), before any work."""
+    for name, v, lo in (("steps", steps, 1), ("tokens", tokens, 2), ("rows", rows, 0), ("budget", budget_s, 0)):
+        if v != v or v < lo or v > CAPS[name]:
+            raise InputError(f"hedgehog: {name} must be between {lo} and {CAPS[name]:g}, got {v:g}")
+
+
+@dataclass
+class FitEstimate:
+    """Expected seconds of one layer's fit, from its first timed Adam step."""
+    layer: int
+    setup_s: float              # building the softmax targets of the layer
+    step_s: float               # one Adam step
+    steps: int
+    budget_s: float
+
+    @property
+    def per_layer_s(self) -> float:
+        fit = self.steps * self.step_s
+        return self.setup_s + (min(fit, self.budget_s) if self.budget_s > 0 else fit)
+
+    def total_s(self, n_layers: int) -> float:
+        return self.per_layer_s * max(1, int(n_layers))
+
+    def message(self, n_layers: int = 1) -> str:
+        capped = self.budget_s > 0 and self.steps * self.step_s > self.budget_s
+        how = f"{self.steps} steps x {1000 * self.step_s:.0f} ms" + (", capped by the time budget" if capped else "")
+        many = f", about {self.total_s(n_layers):.0f} s for {n_layers} layers" if n_layers > 1 else ""
+        return f"Hedgehog: about {self.per_layer_s:.1f} s per layer ({how}){many}"
 
 
 @dataclass
@@ -49,10 +89,11 @@ class HedgehogFit:
     kl_after_heads: list = field(default_factory=list)
     stopped_early: bool = False
     cached: bool = False
+    estimate_s: Optional[float] = None   # the estimate made after the first step
 
     def summary(self) -> dict:
         return {"layer": self.layer, "tokens": self.tokens, "steps": self.steps, "seconds": self.seconds,
-                "stopped_early": self.stopped_early,
+                "stopped_early": self.stopped_early, "estimate_s": self.estimate_s,
                 "kl_before": self.kl_before, "kl_after": self.kl_after, "loss_before": self.loss_before,
                 "loss_after": self.loss_after, "kl_before_heads": self.kl_before_heads,
                 "kl_after_heads": self.kl_after_heads, "cached": self.cached}
@@ -122,10 +163,13 @@ class _Problem:
 
 def fit_hedgehog(call, steps: int = 100, lr: float = 0.02, mse_weight: float = 1.0, tokens: int = 1024,
                  rows: int = 256, budget_s: float = 45.0, progress=None, cancel=None,
-                 use_cache: bool = True) -> HedgehogFit:
+                 use_cache: bool = True, on_estimate: Optional[Callable[[FitEstimate], None]] = None) -> HedgehogFit:
     """Fit the per-head feature maps of one layer on its captured q/k/v (see the module docstring).
     progress(frac, message) is called every few steps; cancel() -> True aborts (raises Cancelled).
-    budget_s <= 0: no time limit."""
+    on_estimate(FitEstimate) is called once, after the first step (timed), before the rest of the fit;
+    without it the estimate goes to progress.
+    budget_s <= 0: no time limit. Parameters past CAPS raise InputError."""
+    check_caps(steps, tokens, rows, budget_s)
     n = min(call.q.shape[2], call.k.shape[2], tokens)
     if call.q.shape[2] != call.k.shape[2]:
         raise ValueError("Hedgehog fits on prefill calls (as many queries as keys)")
@@ -147,6 +191,7 @@ def fit_hedgehog(call, steps: int = 100, lr: float = 0.02, mse_weight: float = 1
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(0)
     done, early = 0, False
+    setup_s, est = time.perf_counter() - t0, None
     torch.set_flush_denormal(True)
     try:
         with torch.enable_grad():
@@ -162,9 +207,16 @@ def fit_hedgehog(call, steps: int = 100, lr: float = 0.02, mse_weight: float = 1
                 loss.backward()
                 opt.step()
                 done = i + 1
+                if i == 0:
+                    est = FitEstimate(layer=call.layer, setup_s=setup_s,
+                                      step_s=time.perf_counter() - t0 - setup_s, steps=steps, budget_s=budget_s)
+                    if on_estimate is not None:          # the caller reports it (for all its layers)
+                        on_estimate(est)
+                    elif progress is not None:
+                        progress(1 / steps, f"{est.message()} (layer {call.layer})")
                 if progress is not None and (i % 5 == 4 or i == steps - 1):
                     progress((i + 1) / steps, f"Hedgehog layer {call.layer}: step {i + 1}/{steps}, "
-                                              f"loss {loss.item():.4f}")
+                                              f"loss {loss.item():.4f} (about {est.per_layer_s:.0f} s per layer)")
     finally:
         torch.set_flush_denormal(False)
     with torch.no_grad():
@@ -176,7 +228,8 @@ def fit_hedgehog(call, steps: int = 100, lr: float = 0.02, mse_weight: float = 1
                       kl_before=float(kl_lin0.mean()), kl_after=float(kl_lin1.mean()),
                       loss_before=float(kl0.mean() + mse_weight * mse0),
                       loss_after=float(kl1.mean() + mse_weight * mse1),
-                      kl_before_heads=[float(x) for x in kl_lin0], kl_after_heads=[float(x) for x in kl_lin1])
+                      kl_before_heads=[float(x) for x in kl_lin0], kl_after_heads=[float(x) for x in kl_lin1],
+                      estimate_s=est.per_layer_s if est is not None else None)
     if use_cache:
         _CACHE[key] = fit
         while len(_CACHE) > CACHE_SIZE:
@@ -194,13 +247,101 @@ def identity_fit(call) -> HedgehogFit:
                        loss_after=float("nan"))
 
 
+LayerDone = Callable[[int, int, HedgehogFit, Optional[float]], None]
+
+
+class LayerTracker:
+    """Per-layer reporting across the fits of one comparison: the estimate before the first fit, then
+    each fitted layer in order as (index, planned layers, fit, seconds left)."""
+
+    def __init__(self, n_layers: Optional[int] = None, layer_done: Optional[LayerDone] = None):
+        self.n_layers = n_layers
+        self.layer_done = layer_done
+        self.seconds: list[float] = []
+        self.estimate: Optional[FitEstimate] = None
+
+    def remaining_s(self) -> Optional[float]:
+        if not self.n_layers:
+            return None
+        left = max(0, self.n_layers - len(self.seconds))
+        per = (sum(self.seconds) / len(self.seconds)) if self.seconds else \
+            (self.estimate.per_layer_s if self.estimate else None)
+        return None if per is None else per * left
+
+    def on_estimate(self, est: FitEstimate) -> None:
+        if self.estimate is None:
+            self.estimate = est
+
+    def done(self, fit: HedgehogFit, progress=None, elapsed: Optional[float] = None) -> None:
+        """Record a fitted layer; elapsed = wall time of the call (a cached fit costs ~0, not its
+        original fit time)."""
+        self.seconds.append(fit.seconds if elapsed is None else elapsed)
+        k, eta = len(self.seconds), self.remaining_s()
+        if self.layer_done is not None:
+            self.layer_done(k - 1, self.n_layers or k, fit, eta)
+        if progress is not None:
+            of = f"{k}/{self.n_layers}" if self.n_layers else f"{k}"
+            left = f"; about {eta:.0f} s left" if eta is not None and self.n_layers and k < self.n_layers else ""
+            progress(1.0, f"Hedgehog layer {fit.layer} fitted ({of}) in {self.seconds[-1]:.1f} s"
+                          f"{' (cached)' if fit.cached else ''}{left}")
+
+
+def fit_layers(calls: Sequence, *, steps: int = 100, lr: float = 0.02, mse_weight: float = 1.0,
+               tokens: int = 1024, rows: int = 256, budget_s: float = 45.0, progress=None, cancel=None,
+               layer_done: Optional[LayerDone] = None, use_cache: bool = True) -> dict:
+    """Fit several layers in order ({layer: HedgehogFit}). progress(frac, message) gets the estimate for
+    all layers before the first layer's fit goes on, then one message per fitted layer; layer_done(index,
+    n_layers, fit, seconds_left) is called once per layer, in order."""
+    check_caps(steps, tokens, rows, budget_s)
+    calls = list(calls)
+    n = len(calls)
+    track = LayerTracker(n, layer_done)
+    out = {}
+
+    def announce(est: FitEstimate) -> None:
+        track.on_estimate(est)
+        if progress is not None and len(track.seconds) == 0:
+            progress(0.0, est.message(n))
+
+    for i, call in enumerate(calls):
+        sub = None if progress is None else (lambda f, m, i=i: progress((i + min(f, 1.0)) / n, m))
+        t0 = time.perf_counter()
+        fit = fit_hedgehog(call, steps=steps, lr=lr, mse_weight=mse_weight, tokens=tokens, rows=rows,
+                           budget_s=budget_s, progress=sub, cancel=cancel, use_cache=use_cache,
+                           on_estimate=announce)
+        out[call.layer] = fit
+        track.done(fit, sub, time.perf_counter() - t0)
+    return out
+
+
 class Hedgehog(FeatureMapVariant):
     family = "fitted"
+    tracker: Optional[LayerTracker] = None
+
+    def plan(self, layers: Sequence[int], layer_done: Optional[LayerDone] = None) -> None:
+        """Tell the variant which layers the comparison will fit (in order), so its messages carry
+        'k/N' and the time left; optional layer_done(index, n_layers, fit, seconds_left) per layer."""
+        self.tracker = LayerTracker(len(list(layers)), layer_done)
 
     def prepare(self, call, progress=None, cancel=None) -> HedgehogFit:
-        return fit_hedgehog(call, steps=self.p["steps"], lr=self.p["lr"], mse_weight=self.p["mse"],
-                            tokens=self.p["tokens"], rows=self.p["rows"], budget_s=self.p["budget"],
-                            progress=progress, cancel=cancel)
+        """Fit one layer (called per layer by the comparison). The first fit reports its estimate
+        (for every planned layer when plan() was called) before fitting on; each fit reports itself."""
+        if self.tracker is None:
+            self.tracker = LayerTracker()
+        track = self.tracker
+
+        def announce(est: FitEstimate) -> None:
+            first = track.estimate is None and not track.seconds
+            track.on_estimate(est)
+            if first and progress is not None:
+                progress(0.0, est.message(track.n_layers or 1))
+
+        t0 = time.perf_counter()
+        fit = fit_hedgehog(call, steps=self.p["steps"], lr=self.p["lr"], mse_weight=self.p["mse"],
+                           tokens=self.p["tokens"], rows=self.p["rows"], budget_s=self.p["budget"],
+                           progress=progress, cancel=cancel, on_estimate=announce)
+        track.done(fit, progress, time.perf_counter() - t0)
+        return fit
 
     def features(self, call, fit: Optional[HedgehogFit]):
         if fit is None:

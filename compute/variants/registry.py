@@ -10,6 +10,7 @@ A list of specs is separated by ',' or ';' (a 'key=value' piece continues the pr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -25,13 +26,14 @@ class Param:
     help: str
     lo: float = 0               # smallest allowed value (inclusive unless lo_open)
     lo_open: bool = False
-    hi: Optional[float] = None  # largest allowed value (inclusive)
+    hi: Optional[float] = None  # largest allowed value (inclusive): a cap that bounds the work
 
     def check(self, variant: str, v):
-        bad = v < self.lo or (self.lo_open and v == self.lo) or (self.hi is not None and v > self.hi)
-        if bad:
-            rng = f"{'>' if self.lo_open else '>='} {self.lo:g}" + (f" and <= {self.hi:g}" if self.hi is not None else "")
-            raise InputError(f"{variant}: {self.name} must be {rng}, got {v:g}")
+        capped = self.hi is not None and v > self.hi
+        if capped or v < self.lo or (self.lo_open and v == self.lo):
+            rng = f"{'>' if self.lo_open else '>='} {_num(self.lo)}" + (f" and <= {_num(self.hi)}" if self.hi is not None else "")
+            raise InputError(f"{variant}: {self.name} must be {rng}, got {_num(v)}"
+                             + (" (the cap that bounds this variant's work)" if capped else ""))
         return v
 
     def to_dict(self) -> dict:
@@ -54,6 +56,13 @@ class VariantInfo:
                 "description": self.description, "paper": self.paper, "example": self.example}
 
 
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+MAX_POSITIONS = 1 << 20        # cap of token-count parameters (windows, k, blocks): beyond any text we analyse
+
+
 def _p(name, typ, default, help, lo=0, lo_open=False, hi=None):
     return Param(name, typ, default, help, lo, lo_open, hi)
 
@@ -61,32 +70,32 @@ def _p(name, typ, default, help, lo=0, lo_open=False, hi=None):
 VARIANTS: dict[str, VariantInfo] = {v.name: v for v in [
     VariantInfo("softmax", "reference", (), "Exact softmax attention (the reference every variant is compared "
                 "with).", "Vaswani et al. 2017, Attention Is All You Need", "softmax", reweight.Softmax),
-    VariantInfo("window", "masking", (_p("w", int, None, "keys with distance < w are kept", 1),),
+    VariantInfo("window", "masking", (_p("w", int, None, "keys with distance < w are kept", 1, hi=MAX_POSITIONS),),
                 "Sliding window without sinks: each query keeps the keys at distance < w (the failing "
                 "baseline of StreamingLLM).", "Beltagy et al. 2020, Longformer; Xiao et al. 2024, StreamingLLM",
                 "window:64", masking.Window),
-    VariantInfo("streaming", "masking", (_p("sinks", int, 4, "first tokens always kept", 0),
-                                         _p("window", int, 64, "recent keys kept (distance < window)", 1)),
+    VariantInfo("streaming", "masking", (_p("sinks", int, 4, "first tokens always kept", 0, hi=MAX_POSITIONS),
+                                         _p("window", int, 64, "recent keys kept (distance < window)", 1, hi=MAX_POSITIONS)),
                 "Window + attention sinks (StreamingLLM): keep the first S tokens and the last W keys. "
                 "Masks the already-rotated q/k, so original RoPE positions are kept (no position-shift "
                 "re-rotation inside the cache).", "Xiao et al. 2024, Efficient Streaming Language Models "
                 "with Attention Sinks", "sinks:4+window:64", masking.Streaming),
-    VariantInfo("topk", "masking", (_p("k", int, None, "keys kept per query row", 1),),
+    VariantInfo("topk", "masking", (_p("k", int, None, "keys kept per query row", 1, hi=MAX_POSITIONS),),
                 "Top-k per row: each query keeps its k largest logits (exact per-row thresholds).",
                 "used by SEA (Lee et al. 2023), HiP, Recycled Attention", "topk:32", masking.TopK),
-    VariantInfo("toptheta", "masking", (_p("k", int, None, "average keys kept per row", 1),),
+    VariantInfo("toptheta", "masking", (_p("k", int, None, "average keys kept per row", 1, hi=MAX_POSITIONS),),
                 "Top-theta: one static logit threshold per head, calibrated on this text's softmax run to "
                 "keep k keys per row on average (each row keeps at least its top key; rows with <= k keys "
                 "keep all; no compensation terms).", "Berestizshevsky et al. 2025, Top-Theta Attention",
                 "toptheta:32", masking.TopTheta),
-    VariantInfo("moba", "masking", (_p("block", int, 64, "key block size", 1),
-                                    _p("blocks", int, 3, "past blocks chosen by gate score (top-b)", 0)),
+    VariantInfo("moba", "masking", (_p("block", int, 64, "key block size", 1, hi=MAX_POSITIONS),
+                                    _p("blocks", int, 3, "past blocks chosen by gate score (top-b)", 0, hi=MAX_POSITIONS)),
                 "MoBA-style block sparsity: per query, gate = q . mean(K of block); keep the top-b past "
                 "blocks, the query's own block and the first (sink) block. Training-free use of a trained "
                 "method: an approximation.", "Lu et al. 2025, MoBA: Mixture of Block Attention for "
                 "Long-Context LLMs", "moba:block=64,blocks=3", masking.MoBA),
-    VariantInfo("xattn", "masking", (_p("block", int, 64, "block size (query and key)", 1),
-                                     _p("stride", int, 8, "antidiagonal stride (divides block)", 1),
+    VariantInfo("xattn", "masking", (_p("block", int, 64, "block size (query and key)", 1, hi=MAX_POSITIONS),
+                                     _p("stride", int, 8, "antidiagonal stride (divides block)", 1, hi=MAX_POSITIONS),
                                      _p("tau", float, 0.9, "cumulative score share kept per query block", 0,
                                         True, 1)),
                 "XAttention-style block sparsity: blocks scored by strided antidiagonal sums, kept in "
@@ -98,8 +107,8 @@ VARIANTS: dict[str, VariantInfo] = {v.name: v for v in [
     VariantInfo("relu", "linear", (), "Linear attention with phi(x) = relu(x) (rows with a zero normaliser "
                 "are flagged degenerate).", "Qin et al. 2022, cosFormer (ReLU kernel baseline)", "relu",
                 linear.ReluLinear),
-    VariantInfo("performer", "linear", (_p("m", int, 64, "random features", 1),
-                                        _p("seed", int, 0, "random-feature seed", 0)),
+    VariantInfo("performer", "linear", (_p("m", int, 64, "random features", 1, hi=4096),
+                                        _p("seed", int, 0, "random-feature seed", 0, hi=2**31 - 1)),
                 "Performer FAVOR+: positive orthogonal random features estimating the softmax kernel.",
                 "Choromanski et al. 2021, Rethinking Attention with Performers", "performer:m=64",
                 linear.Performer),
@@ -107,30 +116,30 @@ VARIANTS: dict[str, VariantInfo] = {v.name: v for v in [
                 "over the keys' positions (per feature; over the prefix when causal).",
                 "Shen et al. 2021, Efficient Attention: Attention with Linear Complexities", "efficient",
                 linear.EfficientAttention),
-    VariantInfo("hedgehog", "fitted", (_p("steps", int, 100, "Adam steps", 1),
-                                       _p("lr", float, 0.02, "learning rate", 0, True),
-                                       _p("mse", float, 1.0, "weight of the relative output MSE", 0),
-                                       _p("tokens", int, 1024, "fit on the first tokens of the text", 2),
-                                       _p("rows", int, 256, "query rows per step (0 = all)", 0),
+    VariantInfo("hedgehog", "fitted", (_p("steps", int, 100, "Adam steps", 1, hi=2000),
+                                       _p("lr", float, 0.02, "learning rate", 0, True, 10),
+                                       _p("mse", float, 1.0, "weight of the relative output MSE", 0, hi=1e6),
+                                       _p("tokens", int, 1024, "fit on the first tokens of the text", 2, hi=8192),
+                                       _p("rows", int, 256, "query rows per step (0 = all)", 0, hi=8192),
                                        _p("budget", float, 45.0, "stop the fit of a layer after this many "
-                                          "seconds (0 = no limit)", 0)),
+                                          "seconds (0 = no limit)", 0, hi=600)),
                 "Hedgehog feature maps [softmax(Wx+b), softmax(-(Wx+b))] per head, fitted on this text's "
                 "q/k by attention transfer (row cross-entropy + output MSE, LoLCATs stage 1).",
                 "Zhang et al. 2024, The Hedgehog & the Porcupine; Zhang et al. 2025, LoLCATs",
                 "hedgehog", hedgehog.Hedgehog),
-    VariantInfo("temperature", "reweight", (_p("t", float, None, "softmax temperature", 0, True),),
+    VariantInfo("temperature", "reweight", (_p("t", float, None, "softmax temperature", 0, True, 1e6),),
                 "Softmax with temperature t: softmax(s / t) (t < 1 sharpens, t > 1 flattens).",
                 "(standard re-weighting)", "temperature:0.5", reweight.Temperature),
     VariantInfo("act", "reweight", (_p("beta", float, 0.4, "weight kept on hidden sinks", 0, False, 1),
                                     _p("alpha", float, 5.0, "sink if column sum > alpha x mean column sum",
-                                       0, True)),
+                                       0, True, 1e6)),
                 "ACT-style calibration: non-initial tokens that soak up attention (hidden sinks, found per "
                 "head on the softmax run) keep beta of their weight; the rest goes to the other keys "
                 "proportionally. ACT's labelled head selection is not applied.",
                 "Yu et al. 2024, Unveiling and Harnessing Hidden Attention Sinks (ACT)", "act:beta=0.4",
                 reweight.ACT),
     VariantInfo("zerotuning", "reweight", (_p("gamma", float, 0.7, "scale on the first token's attention",
-                                              0, True),),
+                                              0, True, 1e6),),
                 "ZeroTuning-style first-token scaling: the first token's weight times gamma, renormalised "
                 "(gamma < 1 sharpens the rest, > 1 flattens it).", "Han et al. 2025, ZeroTuning: Unlocking "
                 "the Initial Token's Power", "zerotuning:0.7", reweight.ZeroTuning),
@@ -196,6 +205,8 @@ def _value(variant: str, param: Param, raw: str):
         raise InputError(f"{variant}: {param.name} must be {kind}, got {raw!r}") from None
     if param.type is float and v != v:
         raise InputError(f"{variant}: {param.name} must be a number, got {raw!r}")
+    if param.type is float and not math.isfinite(v):
+        raise InputError(f"{variant}: {param.name} must be finite, got {raw!r}")
     return param.check(variant, v)
 
 

@@ -33,7 +33,9 @@ def browser_type_launch_args(browser_type_launch_args):
 
 @pytest.fixture(scope="session")
 def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
+    # bypass_csp: playwright's wait_for_function(string) evaluates with new Function, which the app's CSP
+    # (no 'unsafe-eval') blocks; test_safety_csp_e2e checks the CSP in a context without the bypass
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}, "bypass_csp": True}
 
 
 SERVER: dict = {}

@@ -246,7 +246,7 @@ def _lh_tables(label):
             if isinstance(tr, go.Scatter) and tr.x is not None and tr.name and tr.name != "selected":
                 flagged |= {(int(y), int(x)) for x, y in zip(tr.x, tr.y) if x is not None}
         rows = [[l, h, py(float(z[l, h])), (l, h) in flagged] for l in range(z.shape[0]) for h in range(z.shape[1])]
-        flag = next((tr.name for tr in fig.data if isinstance(tr, go.Scatter) and tr.name), "flagged")
+        flag = next((py(tr.name) for tr in fig.data if isinstance(tr, go.Scatter) and tr.name), "flagged")
         return {"heads": Table(["layer", "head", label, f"flag: {flag}"], rows)}
     return tables
 

@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 
 from compute.errors import InputError
 
+from ..figures.common import plain_text
+
 from .options import DATA_FORMATS
 
 
@@ -44,9 +46,12 @@ def _json_scalar(v):
 
 
 def py(v):
-    """numpy scalar / None / NaN -> plain Python (NaN -> None)."""
+    """numpy scalar / None / NaN -> plain Python (NaN -> None); text read back from a figure -> plain
+    text (figures escape user text for plotly, a table holds it as typed)."""
     if v is None:
         return None
+    if isinstance(v, str):
+        return plain_text(v)
     if isinstance(v, (np.generic,)):
         v = v.item()
     if isinstance(v, float) and not np.isfinite(v):
@@ -72,7 +77,7 @@ def _axis_title(fig: go.Figure, axis: str, default: str) -> str:
         t = fig.layout[axis].title.text
     except (KeyError, AttributeError):
         t = None
-    return t or default
+    return py(t) or default
 
 
 def _heatmap_values(tr) -> np.ndarray:
@@ -105,7 +110,7 @@ def heatmap_tables(fig: go.Figure, names: Optional[Sequence[str]] = None, corner
         return {"matrix": matrix_table(z, parts[0][1], sum((p[2] for p in parts), []), corner)}
     out = {}
     for i, (z, ys, xs) in enumerate(parts):
-        name = (names[i] if names and i < len(names) else None) or hms[i].name or (
+        name = (names[i] if names and i < len(names) else None) or py(hms[i].name) or (
             "matrix" if len(parts) == 1 else f"panel{i + 1}")
         out[_safe(name)] = matrix_table(z, ys, xs, corner)
     return out
@@ -136,8 +141,8 @@ def trace_tables(fig: go.Figure) -> dict[str, Table]:
         labels = None
         cd = tr.customdata
         if cd is not None and np.ndim(cd) == 1 and len(cd) == len(x) and all(isinstance(c, str) for c in cd):
-            labels = list(cd)
-        series.append((tr.name or f"series{i + 1}", x, y, labels))
+            labels = [py(c) for c in cd]
+        series.append((py(tr.name) or f"series{i + 1}", x, y, labels))
     if not series:
         return {}
     xt = _axis_title(fig, "xaxis", "x")

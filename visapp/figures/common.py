@@ -1,6 +1,7 @@
 """Helpers shared by the figure builders: safe token labels, empty figures, binning edges by weight."""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -11,18 +12,53 @@ from plotly.colors import get_colorscale
 from ..templates import SCREEN
 
 MAX_LABEL_CHARS = 14
+# Whitespace a label would otherwise show as nothing: made visible (the hover and '(i)' keep the position).
+VISIBLE_WS = {"\r\n": "⏎", "\n": "⏎", "\r": "⏎", "\t": "⇥", " ": "␣", "\u00a0": "⍽"}
+_WS = re.compile("|".join(re.escape(k) for k in VISIBLE_WS))
+_MARKUP = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# Other invisible characters: C0 controls as their Control Pictures (␀ ␛ ...), DEL as ␡, format characters
+# (zero-width space, BOM, bidi overrides that would reorder a label) as ◌, lone surrogates as �.
+_CONTROLS = {c: 0x2400 + c for c in range(32)} | {0x7F: 0x2421}
+_FORMAT = re.compile(r"[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                     r"\u2066-\u206f\ufeff\ufff9-\ufffb]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def escape_markup(text) -> str:
+    """User text as plotly shows it literally: '&', '<' and '>' as entities (plotly renders its own
+    pseudo-HTML in labels, hover and text). The one escape every figure builder applies, once, to the
+    user strings it receives (tokens, labels, names, titles); callers pass plain text."""
+    return str(text).translate(_MARKUP)
+
+
+def escape_all(texts: Sequence) -> list[str]:
+    return [escape_markup(t) for t in texts]
+
+
+def plain_text(text: str) -> str:
+    """The inverse of escape_markup, for text read back out of a figure (data tables, CSV)."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def show_token(tok: str) -> str:
-    """A token as text that plotly displays literally: whitespace made visible, HTML escaped."""
-    t = tok.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
+    """A token as readable plain text (tables, CSV, labels; figures escape it): line breaks and tabs as
+    ⏎ and ⇥, a token of spaces only as ␣ per space (a leading space on a word stays a space), other
+    invisible characters as visible marks, long tokens cut with '…', the empty token as '∅'."""
+    tok = str(tok)
+    if not tok:
+        return "∅"
+    if tok.strip(" \u00a0"):
+        t = tok.replace("\r\n", "⏎").replace("\r", "⏎").replace("\n", "⏎").replace("\t", "⇥")
+    else:
+        t = _WS.sub(lambda m: VISIBLE_WS[m.group(0)], tok)
+    t = _SURROGATE.sub("�", _FORMAT.sub("◌", t.translate(_CONTROLS)))
     if len(t) > MAX_LABEL_CHARS:
         t = t[:MAX_LABEL_CHARS - 1] + "…"
-    return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return t
 
 
 def token_label(i: int, tok: str) -> str:
-    """'(i)tok' so repeated tokens stay distinct (same format as AttentionResult.label)."""
+    """'(i)tok' so repeated tokens stay distinct (same format as AttentionResult.label); plain text."""
     return f"({i}){show_token(tok)}"
 
 
@@ -74,6 +110,7 @@ def make_figure(traces: list, layout: dict, template: str = SCREEN) -> go.Figure
 
 def empty_figure(message: str, template: str = SCREEN, height: int = 260) -> go.Figure:
     """A blank figure with a centred message (used for 'not available yet' and errors)."""
+    message = escape_markup(message)
     return make_figure([], dict(
         height=height, xaxis=dict(visible=False), yaxis=dict(visible=False), margin=dict(l=10, r=10, t=10, b=10),
         annotations=[dict(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,

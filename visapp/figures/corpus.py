@@ -14,14 +14,14 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..templates import OKABE_ITO, SCREEN, SEQUENTIAL, SEQUENTIAL_ALT
-from .common import f32, make_figure
+from .common import escape_markup, f32, make_figure
 from .overview import head_grid, layer_head_map
 
 
 def escape(text: str) -> str:
-    """User text as literal plotly text: markup characters escaped, line breaks made visible."""
-    t = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return t.replace("\r", "").replace("\n", "⏎").replace("\t", "⇥")
+    """User text (ids, contexts) as literal plotly text on one line: line breaks made visible, then the
+    one escape (common.escape_markup)."""
+    return escape_markup(str(text).replace("\r", "").replace("\n", "⏎").replace("\t", "⇥"))
 
 
 def _grid(overview: dict, key: str, stat: Optional[str] = None) -> np.ndarray:

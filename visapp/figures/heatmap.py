@@ -14,10 +14,15 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..templates import SCREEN, SEQUENTIAL
-from .common import f32, make_figure
+from .common import escape_all, escape_markup, f32, make_figure
 
 SCALES = ("log", "linear", "split")
 LOG_FLOOR = 1e-4
+# Colour bars stop short of the plot's top and bottom edges: a tick label at the very end (the '1' of the
+# log bar) would stick out of a tight (paper) figure, and plotly hides labels that pass the figure's edge.
+COLORBAR_LEN = 0.92
+# Position axes get this share of the range as room above the first token, so the '0' tick label fits.
+EDGE_PAD = 0.035
 
 
 def causal_blank(z: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray) -> np.ndarray:
@@ -38,8 +43,21 @@ def log_values(z: np.ndarray, floor: float = LOG_FLOOR) -> np.ndarray:
 def log_colorbar(floor: float = LOG_FLOOR, **kw) -> dict:
     lo = int(np.floor(np.log10(floor)))
     vals = list(range(lo, 1))
-    return dict(title=dict(text="a (log)", side="right"), tickvals=vals,
-                ticktext=[f"1e{v}" if v < -2 else f"{10.0 ** v:g}" for v in vals], **kw)
+    return colorbar("a (log)", tickvals=vals, ticktext=[f"1e{v}" if v < -2 else f"{10.0 ** v:g}" for v in vals],
+                    **kw)
+
+
+def colorbar(title: str, **kw) -> dict:
+    """A colour bar a little shorter than the plot (COLORBAR_LEN) so its end tick labels stay visible."""
+    return dict(dict(title=dict(text=title, side="right"), len=COLORBAR_LEN, lenmode="fraction", y=0.5,
+                     yanchor="middle"), **kw)
+
+
+def position_range(n_tokens: int, reversed_: bool = False) -> list[float]:
+    """Axis range over token positions 0..n-1 with EDGE_PAD room before 0, so the label of tick 0 fits
+    at the top of a query axis (plotly drops a tick label that would cross the figure's edge)."""
+    lo, hi = -0.5 - EDGE_PAD * n_tokens, n_tokens - 0.5
+    return [hi, lo] if reversed_ else [lo, hi]
 
 
 def _height(n_rows: int, height: Optional[int]) -> int:
@@ -69,6 +87,7 @@ def attention_heatmap(z: np.ndarray, q_labels: Sequence[str], k_labels: Sequence
         raise ValueError("labels do not match the map's shape")
     if causal:
         z = causal_blank(z, np.arange(q_start, q_start + nq), np.arange(k_start, k_start + nk))
+    q_labels, k_labels, title = escape_all(q_labels), escape_all(k_labels), escape_markup(title)
     base = dict(type="heatmap", y=list(q_labels), hoverongaps=False, zsmooth=False, colorscale=colorscale)
     axes = dict(yaxis=dict(autorange="reversed", type="category", title=dict(text="query")),
                 xaxis=dict(type="category", tickangle=-60, title=dict(text="key")))
@@ -80,7 +99,7 @@ def attention_heatmap(z: np.ndarray, q_labels: Sequence[str], k_labels: Sequence
                        showscale=False, hovertemplate="query %{y}<br>key %{x}<br>a = %{z:.4g}<extra></extra>"),
                   dict(base, x=list(k_labels[1:]), z=rest, zmin=0, zmax=_finite_max(rest, 0.995), xaxis="x2",
                        yaxis="y", hovertemplate="query %{y}<br>key %{x}<br>a = %{z:.4g}<extra></extra>",
-                       colorbar=dict(title=dict(text="a (keys ≥ 1)", side="right")))]
+                       colorbar=colorbar("a (keys ≥ 1)"))]
         layout.update(xaxis=dict(axes["xaxis"], domain=[0, 0.05], title=dict(text="key 0<br>(0–1)")),
                       xaxis2=dict(axes["xaxis"], domain=[0.065, 1]))
         return make_figure(traces, layout, template)
@@ -90,7 +109,7 @@ def attention_heatmap(z: np.ndarray, q_labels: Sequence[str], k_labels: Sequence
                      hovertemplate="query %{y}<br>key %{x}<br>a = %{customdata:.4g}<extra></extra>")
     else:
         trace = dict(base, x=list(k_labels), z=z, zmin=0, zmax=_finite_max(z),
-                     colorbar=dict(title=dict(text="a", side="right")),
+                     colorbar=colorbar("a"),
                      hovertemplate="query %{y}<br>key %{x}<br>a = %{z:.4g}<extra></extra>")
     return make_figure([trace], layout, template)
 
@@ -112,6 +131,7 @@ def pooled_heatmap(pooled: np.ndarray, pool: int, n_tokens: int, *, causal: bool
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}")
     z = f32(pooled)
+    title = escape_markup(title)
     m = z.shape[0]
     rng = block_ranges(n_tokens, pool)[:m]
     centres = (rng[:, 0] + rng[:, 1] - 1) / 2.0
@@ -126,11 +146,11 @@ def pooled_heatmap(pooled: np.ndarray, pool: int, n_tokens: int, *, causal: bool
                      colorbar=log_colorbar(floor), hovertemplate=hover.replace("VALUE", "customdata"))
     else:
         top = _finite_max(z[:, 1:]) if scale == "split" and m > 1 else _finite_max(z)
-        trace.update(z=z, zmin=0, zmax=top, colorbar=dict(title=dict(text=f"{stat} a", side="right")),
+        trace.update(z=z, zmin=0, zmax=top, colorbar=colorbar(f"{stat} a"),
                      hovertemplate=hover.replace("VALUE", "z"))
     layout = dict(title=dict(text=title), height=height or 560,
-                  yaxis=dict(autorange="reversed", title=dict(text="query position")),
-                  xaxis=dict(title=dict(text="key position")))
+                  yaxis=dict(range=position_range(n_tokens, reversed_=True), title=dict(text="query position")),
+                  xaxis=dict(range=[-0.5, n_tokens - 0.5], title=dict(text="key position")))
     return make_figure([trace], layout, template)
 
 

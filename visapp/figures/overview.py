@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..templates import SCREEN, SEQUENTIAL
-from .common import f32, make_figure
+from .common import escape_markup, f32, make_figure
 
 ROLE_SYMBOLS = {
     "sink": "square", "previous-token": "triangle-left", "local": "hexagon", "broad": "diamond-tall",
@@ -19,6 +19,9 @@ ROLE_SYMBOLS = {
     "mixed": "circle", "unknown": "circle",
 }
 MIN_SIZE, MAX_SIZE = 7.0, 24.0
+# Flag marks on a heatmap: a black x with a light outline reads on dark and light cells and on the white
+# legend (the old white-only mark was invisible there).
+FLAG_MARKER = dict(symbol="x", size=10, color="#000000", line=dict(width=1.2, color="#f2f2f2"))
 
 
 def glyph_sizes(importance: Optional[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -40,10 +43,11 @@ def head_grid(values: np.ndarray, *, metric: str, roles: Optional[Sequence[Seque
     """values [L, H] -> scatter grid (x = head, y = layer; layer 0 on top)."""
     v = np.asarray(values, dtype=float)
     L, H = v.shape
+    metric, title = escape_markup(metric), escape_markup(title)
     layer, head = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
     sizes = glyph_sizes(importance, (L, H))
     role = np.array(roles, dtype=object) if roles is not None else np.full((L, H), "unknown", dtype=object)
-    hover = dict(hover or {})
+    hover = {escape_markup(k): a for k, a in (hover or {}).items()}
     names = list(hover)
     extra = np.stack([np.asarray(hover[k], dtype=float) for k in names], -1) if names else np.zeros((L, H, 0))
     finite = v[np.isfinite(v)]
@@ -56,16 +60,18 @@ def head_grid(values: np.ndarray, *, metric: str, roles: Optional[Sequence[Seque
     kinds = list(dict.fromkeys(role.ravel().tolist()))
     for r in kinds:
         m = role == r
-        custom = [[int(a), int(b), str(c), float(d), *map(float, e)]
+        custom = [[int(a), int(b), escape_markup(c), float(d), *map(float, e)]
                   for a, b, c, d, e in zip(layer[m], head[m], role[m], np.nan_to_num(v[m]), extra[m])]
-        traces.append(dict(type="scatter", x=head[m], y=layer[m], mode="markers", name=str(r), showlegend=False,
+        traces.append(dict(type="scatter", x=head[m], y=layer[m], mode="markers", name=escape_markup(r),
+                           showlegend=False,
                            customdata=custom, hovertemplate=tmpl,
                            marker=dict(color=f32(np.nan_to_num(v[m], nan=lo)), coloraxis="coloraxis",
                                        size=sizes[m], symbol=ROLE_SYMBOLS.get(str(r), "circle"),
                                        line=dict(width=0.5, color="#333"))))
     if roles is not None:           # legend entries in neutral grey: colour is the metric, not the role
         for r in kinds:
-            traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name=str(r), hoverinfo="skip",
+            traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name=escape_markup(r),
+                               hoverinfo="skip",
                                marker=dict(color="#888", size=11, symbol=ROLE_SYMBOLS.get(str(r), "circle"))))
     if selected is not None and 0 <= selected[0] < L and 0 <= selected[1] < H:
         sl, sh = selected
@@ -92,6 +98,7 @@ def layer_head_map(values: np.ndarray, *, label: str, selected: Optional[tuple[i
     """values [L, H] as a heatmap (layer rows, head columns); flags [L, H] bool are marked with an x."""
     v = f32(values)
     L, H = v.shape
+    label, flag_name, title = escape_markup(label), escape_markup(flag_name), escape_markup(title)
     hm = dict(type="heatmap", z=v, x=np.arange(H), y=np.arange(L), colorscale=colorscale, zsmooth=False,
               hoverongaps=False, colorbar=dict(title=dict(text=label, side="right")),
               hovertemplate=f"layer %{{y}} head %{{x}}<br>{label} = %{{z:.3f}}<extra></extra>")
@@ -103,7 +110,7 @@ def layer_head_map(values: np.ndarray, *, label: str, selected: Optional[tuple[i
     if has_flags:
         fl, fh = np.nonzero(np.asarray(flags))
         traces.append(dict(type="scatter", x=fh, y=fl, mode="markers", name=flag_name, hoverinfo="skip",
-                           marker=dict(symbol="x-thin", size=9, line=dict(width=2, color="#fff"))))
+                           marker=FLAG_MARKER))
     shapes = []
     if selected is not None and 0 <= selected[0] < L and 0 <= selected[1] < H:
         sl, sh = selected

@@ -33,7 +33,7 @@ def delta_map(diff: dict, metric: str, *, selected: Optional[tuple[int, int]] = 
     d = _arr(diff["deltas"][metric])
     lim = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.0
     lim = lim if lim > 0 else 1e-9
-    a, b = escape(diff["a"]["label"]), escape(diff["b"]["label"])
+    a, b = diff["a"]["label"], diff["b"]["label"]            # plain: layer_head_map escapes its title
     return layer_head_map(d, label=f"Δ {metric}", selected=selected, template=template, colorscale=DIVERGING,
                           zmin=-lim, zmax=lim, zmid=0.0, title=f"{metric}: {b} − {a}")
 
