@@ -31,7 +31,7 @@ import numpy as np
 from compute import settings as csettings
 from compute.errors import InputError, UserError
 
-from . import service, state
+from . import cache_codec, service, state
 
 Progress = Callable[[float, str], None]
 
@@ -384,6 +384,15 @@ def run_search(a_key: str, position: int, rk: str, layer: int, head: int, by: st
                                                           "token": q.tokens["text"][position]}})
     p(1.0, "done")
     return sk
+
+
+def _register_index() -> None:
+    """The search index is cached as data (visapp.cache_codec), never pickled."""
+    from compute.context_search import SearchIndex
+    cache_codec.register(SearchIndex)
+
+
+_register_index()
 
 
 def get_search(sk: Optional[str]) -> Optional[dict]:
