@@ -93,3 +93,4 @@ def test_side_by_side_two_texts(app_url, app_page):
     drawn(page, "sb-map-b", ".hm image")
     expect(page.locator("#sb-match")).to_contain_text("different tokens")
     shot(page, "sidebyside")
+
