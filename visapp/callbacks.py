@@ -21,7 +21,7 @@ from dash.exceptions import PreventUpdate
 
 from compute.errors import UserError
 
-from . import export_ui, ids, pages, service, urlstate
+from . import dataset_export_ui, export_ui, ids, pages, service, urlstate
 from .components import error_box, notice
 from .pages.common import NOT_STORED, current, selection, status
 from .presets import PRESETS
@@ -45,7 +45,7 @@ def route(pathname, search):
     page = dash.page_registry.get(pages.module(view).__name__) if dash.page_registry else None
     make = page["layout"] if page else pages.module(view).layout
     query = {k: st[k] for k in ("a", "model", "head", "metric", "scale") if st.get(k)}
-    return [make(**query), *export_ui.controls_for(view)]
+    return [make(**query), *export_ui.controls_for(view), *dataset_export_ui.controls_for(view)]
 
 
 @callback(

@@ -71,6 +71,10 @@ def serve_layout() -> html.Div:
         dcc.Store(id=ids.ZOOM_JOB), dcc.Store(id=ids.COMPARE_JOB), dcc.Store(id=ids.SELECT),
         dcc.Store(id=ids.GEN_REQ),
         dcc.Store(id=ids.TRACE_JOB),
+        # corpus / embedding / search / side by side results (kept across page switches)
+        dcc.Store(id=ids.CP_RESULT), dcc.Store(id=ids.CP_JOB), dcc.Store(id=ids.EM_STORE), dcc.Store(id=ids.EM_JOB),
+        dcc.Store(id=ids.CS_STORE), dcc.Store(id=ids.CS_JOB), dcc.Store(id=ids.SB_STORE), dcc.Store(id=ids.SB_JOB),
+        dcc.Store(id=ids.CP_CORPUS),
         html.Header([html.H1("attnvis"), html.Span("attention in transformers, head by head", className="tagline"),
                      html.Div(STARTING, id=ids.RUN_INFO, className="run-info", role="status")]),
         html.Div([

@@ -10,10 +10,12 @@ from urllib.parse import parse_qs, urlencode
 
 from .view_settings import DEFAULT, METRICS, SCALES  # noqa: F401 (the URL's values)
 
-VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate", "model", "trace")
+VIEWS = ("overview", "head", "sinks", "basin", "entropy", "graphs", "variants", "generate", "model", "trace",
+         "corpus", "embedding", "sidebyside")
 VIEW_TITLES = {"overview": "Head overview", "head": "Head detail", "sinks": "Sinks", "basin": "Basin",
                "entropy": "Entropy", "graphs": "Graphs", "variants": "Variants", "generate": "Generate",
-               "model": "Model view", "trace": "Trace"}
+               "model": "Model view", "trace": "Trace", "corpus": "Corpus", "embedding": "Q/K embedding",
+               "sidebyside": "Side by side"}
 DEFAULTS = {"view": "overview", "a": "", "model": "", "head": "0.0", "metric": DEFAULT.metric, "scale": DEFAULT.scale}
 _HEAD = re.compile(r"^\d{1,4}\.\d{1,4}$")
 _KEY = re.compile(r"^[0-9a-f]{8,64}$")
