@@ -29,7 +29,7 @@ from visapp import callbacks  # noqa: E402,F401  (registers the shell's callback
 from compute.tasks import celery_app  # noqa: E402,F401
 from visapp import security  # noqa: E402
 
-security.install(server, app.csp_hashes())  # security headers on every response, request-body limit
+security.install(server, app.csp_hashes)  # security headers on every response, request-body limit
 DEBUG = os.environ.get("ATTNVIS_DEBUG") == "1"
 
 # Dash builds its callback list on the first request and marks itself ready before it has finished, so

@@ -4,7 +4,8 @@
 Texts are built from the shipped corpus (compute/data/corpus/mixed.jsonl): text i starts at corpus
 text i mod 30 and continues with the next ones until it has N tokens, cut to N token ids and decoded
 (a few ids fewer when the decoded text would re-tokenise longer). Each worker process loads the model
-once and analyses its share (engine statistics + roles, the per-text report the overview reads); the
+once and analyses its share as corpus mode does (compute.corpus.analyze_one: the pipeline with roles
+and syntax, no head graph); the
 overview (compute/corpus_stats.corpus_overview) runs once at the end. Workers use one torch thread each (W workers on W cores).
 
 Usage: python bench/bench_corpus.py [--texts 50] [--tokens 256] [--workers 2] [--out FILE]
@@ -55,22 +56,23 @@ def _init(threads: int) -> None:
 
 
 def report_for(lm, text: str, max_tokens: int) -> dict:
-    """The one call into the analysis (switches to compute.pipeline.analyze when it lands)."""
-    from compute.analysis import AnalysisSettings, attach, run_analysis
+    """What corpus mode does for one text (compute.corpus.analyze_one: the pipeline with the corpus'
+    sections), as the report-like record the overview reads."""
+    from compute.corpus import analyze_one
+    from compute.corpus_stats import report_from_summary
     from compute.options import AnalysisOptions
-from compute.pipeline import analyze as analyze_text
-    from compute.report import build_report
 
-    res = analyze_text(lm, text, AnalysisOptions(max_tokens=max_tokens, compute_loss=False))
-    attach(res, run_analysis(lm, res, AnalysisSettings(syntax=False, graphs=False)))
-    return build_report(res)
+    summ = analyze_one(lm, text, AnalysisOptions(max_tokens=max_tokens, compute_loss=False))
+    rep = report_from_summary("t", summ)
+    rep["n_tokens"] = summ["n_tokens"]
+    return rep
 
 
 def _work(item: tuple[str, str, int]) -> tuple[str, dict, float, int]:
     tid, text, max_tokens = item
     t0 = time.perf_counter()
     rep = report_for(_LM, text, max_tokens)
-    keep = {"id": tid, "sink_rate": rep["sink_rate"], "heads": rep["heads"]}   # what the overview reads
+    keep = {"id": tid, "heads": rep["heads"]}                                     # what the overview reads
     return tid, keep, time.perf_counter() - t0, rep["n_tokens"]
 
 

@@ -36,7 +36,8 @@ def check_headers(r: requests.Response) -> None:
     missing = [h for h in REQUIRED if h not in r.headers]
     assert not missing, f"{r.request.method} {r.url} ({r.status_code}) lacks {missing}"
     csp = r.headers["Content-Security-Policy"]
-    assert "frame-ancestors 'none'" in csp and "'unsafe-eval'" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]       # inline scripts only by hash
     assert "script-src 'self' 'sha256-" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
     assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
 

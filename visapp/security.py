@@ -2,7 +2,10 @@
 
 Every response (pages, Dash's JSON endpoints, assets, errors) carries:
   Content-Security-Policy  scripts only from this origin plus the hashes of Dash's inline scripts (no
-                           'unsafe-eval', no inline script); styles may be inline (React and plotly set
+                           other inline script). 'unsafe-eval' is allowed for one reason: plotly's WebGL
+                           traces (the embedding view's scattergl) compile their shaders through regl,
+                           which generates code with Function(); user text never reaches a script (it is
+                           rendered as text everywhere). Styles may be inline (React and plotly set
                            style attributes and <style> elements); images from data:/blob: (plotly's
                            image export); no plugins, no framing (frame-ancestors 'none').
   X-Content-Type-Options: nosniff, X-Frame-Options: DENY (older browsers), Referrer-Policy: no-referrer
@@ -12,7 +15,7 @@ A request body over ATTNVIS_MAX_REQUEST_MB gets 413 with a one-line message befo
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Union
 
 from compute import settings
 
@@ -20,7 +23,7 @@ from compute import settings
 def content_security_policy(script_hashes: Iterable[str] = ()) -> str:
     directives = {
         "default-src": ["'self'"],
-        "script-src": ["'self'", *script_hashes],
+        "script-src": ["'self'", "'unsafe-eval'", *script_hashes],
         "style-src": ["'self'", "'unsafe-inline'"],
         "img-src": ["'self'", "data:", "blob:"],
         "font-src": ["'self'", "data:"],
@@ -53,16 +56,20 @@ def too_large_message() -> str:
             "ATTNVIS_MAX_REQUEST_MB); use a shorter text")
 
 
-def install(server, script_hashes: Iterable[str] = ()) -> None:
-    """Call once, after every callback is defined (script_hashes: the Dash app's csp_hashes())."""
+def install(server, script_hashes: Union[Iterable[str], Callable[[], Iterable[str]]] = ()) -> None:
+    """Call once at start. script_hashes: the Dash app's csp_hashes method (called per response, since Dash
+    adds inline scripts, such as the pages' title script, during its first-request setup), or a list."""
     from flask import jsonify
     from werkzeug.exceptions import RequestEntityTooLarge
 
     server.config["MAX_CONTENT_LENGTH"] = max_request_bytes()
-    fixed = headers(list(script_hashes))
+    get = script_hashes if callable(script_hashes) else (lambda: script_hashes)
+    cache: dict = {}
 
     @server.after_request
     def _security_headers(response):
+        hashes = tuple(get())
+        fixed = cache.get(hashes) or cache.setdefault(hashes, headers(hashes))
         for k, v in fixed.items():
             response.headers.setdefault(k, v)
         return response
