@@ -38,7 +38,7 @@ def check_headers(r: requests.Response) -> None:
     csp = r.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp
     assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]       # inline scripts only by hash
-    assert "script-src 'self' 'sha256-" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    assert "script-src 'self' 'unsafe-eval' 'sha256-" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
     assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
 
 
