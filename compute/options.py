@@ -21,9 +21,10 @@ MAX_TOKENS_DEFAULT = 8192
 
 
 def opt(default: Any, help: str, *, lo: Optional[float] = None, hi: Optional[float] = None,
-        choices: Optional[tuple] = None, flag: Optional[str] = None, cli: bool = True):
-    """A dataclass field whose metadata gives its flag, help, bounds [lo, hi] and choices."""
-    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "flag": flag, "cli": cli}
+        choices: Optional[tuple] = None, flag: Optional[str] = None, cli: bool = True, label: Optional[str] = None):
+    """A dataclass field whose metadata gives its flag, help, bounds [lo, hi], choices and the name a
+    message uses (label: the app's word for it; default the field name in words)."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "flag": flag, "cli": cli, "label": label}
     if isinstance(default, (dict, list, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,24 +35,25 @@ def flag_name(f) -> str:
 
 
 def check(obj) -> None:
-    """Raise InputError naming the flag for any field outside its declared bounds or choices."""
+    """Raise InputError for any field outside its declared bounds or choices; the message names the
+    option in words and, in brackets, its CLI flag (one message for the app and the CLI)."""
     for f in fields(obj):
         m, v = f.metadata, getattr(obj, f.name)
         if not m:
             continue
-        name = flag_name(f)
+        name, flag = m.get("label") or f.name.replace("_", " "), flag_name(f)
         if m.get("choices") is not None and v not in m["choices"]:
-            raise InputError(f"{name} must be one of {', '.join(map(str, m['choices']))}, got {v!r}")
+            raise InputError(f"{name} must be one of {', '.join(map(str, m['choices']))}, got {v!r} ({flag})")
         if m.get("lo") is None and m.get("hi") is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InputError(f"{name} must be a number, got {v!r}")
+            raise InputError(f"{name} must be a number, got {v!r} ({flag})")
         if isinstance(f.default, int) and not isinstance(f.default, bool) and not float(v).is_integer():
-            raise InputError(f"{name} must be a whole number, got {v!r}")
+            raise InputError(f"{name} must be a whole number, got {v!r} ({flag})")
         if not math.isfinite(v) or (m["lo"] is not None and v < m["lo"]) or (m["hi"] is not None and v > m["hi"]):
             lo = "-inf" if m["lo"] is None else f"{m['lo']:,}"
             hi = "inf" if m["hi"] is None else f"{m['hi']:,}"
-            raise InputError(f"{name} must be between {lo} and {hi}, got {v!r}")
+            raise InputError(f"{name} must be between {lo} and {hi}, got {v!r} ({flag})")
 
 
 def add_flags(parser, cls, skip: tuple = ()) -> None:
@@ -90,7 +92,7 @@ class AnalysisOptions:
 
     backend: str = opt("auto", "statistics backend: triton (GPU, or CPU interpreter with TRITON_INTERPRET=1), "
                        "torch (exact chunked CPU/GPU path), auto (triton on GPU, else torch)", choices=BACKENDS)
-    sink_tokens: int = opt(4, "S in 'mass on the first S tokens'", lo=1, hi=64)
+    sink_tokens: int = opt(4, "S in 'mass on the first S tokens'", lo=1, hi=64, label="sink count")
     local_window: int = opt(8, "keys within this distance count as local", lo=1, hi=4096)
     max_tokens: int = opt(MAX_TOKENS_DEFAULT, "refuse longer texts", lo=1, hi=1 << 20)
     full_map_max: int = opt(1024, "store every head's full map up to this many tokens", lo=0, hi=8192)

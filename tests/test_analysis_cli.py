@@ -55,7 +55,7 @@ def test_flags_map_to_settings():
     (["--probes", "induction,needle"], "unknown probe"),
     (["--important", "1"], "--important needs --items"),
     (["--important", "a"], "comma-separated integers"),
-    (["--sink-eps", "1.5"], "--sink-eps must be between 0 and 1"),
+    (["--sink-eps", "1.5"], "sink eps must be between 0 and 1, got 1.5 (--sink-eps)"),
 ])
 def test_bad_analysis_flags(args, needle):
     from compute.errors import InputError

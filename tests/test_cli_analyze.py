@@ -109,11 +109,11 @@ def test_triton_backend_report_equals_torch(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--sink-tokens", "1000000000"], "--sink-tokens must be between 1 and 64"),
-    (["--pool-cells", "1000000000"], "--pool-cells must be between 2 and 1,024"),
-    (["--full-map-max", "-1"], "--full-map-max must be between 0 and 8,192"),
-    (["--local-window", "0"], "--local-window must be between 1"),
-    (["--graph-knn", "100000"], "--graph-knn must be between 1 and 64"),
+    (["--sink-tokens", "1000000000"], "sink count must be between 1 and 64, got 1000000000 (--sink-tokens)"),
+    (["--pool-cells", "1000000000"], "pool cells must be between 2 and 1,024, got 1000000000 (--pool-cells)"),
+    (["--full-map-max", "-1"], "full map max must be between 0 and 8,192, got -1 (--full-map-max)"),
+    (["--local-window", "0"], "local window must be between 1"),
+    (["--graph-knn", "100000"], "graph knn must be between 1 and 64, got 100000 (--graph-knn)"),
 ])
 def test_out_of_range_options_fail_before_any_model_loads(tmp_path, args, needle):
     import time

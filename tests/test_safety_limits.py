@@ -139,27 +139,21 @@ def test_comparison_is_bounded(analysed, monkeypatch):
 def test_forged_autorun_store_is_validated(forged, message):
     import app  # noqa: F401  (registers the callbacks)
     from visapp import callbacks, ids
-    out = callbacks.analysis_job(lambda v: None, None, None, {"request": forged}, *([None] * 10),
+    out = callbacks.analysis_job(lambda v: None, None, None, {"request": forged}, *([None] * 9),
                                  trigger=ids.AUTORUN)
     box = str(out[1])
     assert "Error" in box and message in box, box
     assert out[0] is not None and "key" not in str(out[0])
 
 
-def test_a_link_older_than_the_ttl_says_it_expired(analysed):
-    """Every key expires (:req included): a link to an analysis whose request is gone says so, and the
-    page falls back to the default example instead of silently showing something else."""
+def test_a_link_older_than_the_ttl_says_why(analysed):
+    """Every key expires (:req included): a link whose request is gone says in one line why it cannot
+    be re-run, instead of silently showing another analysis or an endless spinner."""
     import app  # noqa: F401
-    from visapp import callbacks, ids
+    from visapp import callbacks
+    from visapp.pages.common import NOT_STORED
     key, _ = analysed
     gone = "0123456789abcdef01234567"
-    assert service.get_request(gone) is None
-    autorun = callbacks.boot("/overview", f"?a={gone}")
-    assert autorun.get("expired") is True and ("request" in autorun or "done" in autorun)
-    # the job's answer for a cached fallback carries the message (a computed one does the same)
-    done, box = callbacks.analysis_job(lambda v: None, None, None, {"done": key, "expired": True}, *([None] * 10),
-                                       trigger=ids.AUTORUN)
-    assert done["key"] == key and "expired" in str(box) and "ATTNVIS_CACHE_TIMEOUT_S" in str(box)
-    done, box = callbacks.analysis_job(lambda v: None, None, None, {"done": key}, *([None] * 10),
-                                       trigger=ids.AUTORUN)
-    assert box == ""
+    assert service.get_request(gone) is None and service.get_request(key) is not None
+    autorun, note = callbacks.boot("/overview", f"?a={gone}", None)
+    assert autorun is callbacks.no_update and NOT_STORED in str(note)

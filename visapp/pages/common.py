@@ -18,7 +18,8 @@ from dash.exceptions import PreventUpdate
 from .. import ids, service, urlstate
 
 PENDING = "analysing… (progress is shown under Analyze in the input panel)"
-NOT_STORED = "this link's analysis is not stored here; press Analyze to run it again"
+NOT_STORED = ("this link's analysis is not stored here; press Analyze to run it again (results expire after "
+              "ATTNVIS_CACHE_TIMEOUT_S)")
 
 
 @dataclass
