@@ -1,29 +1,25 @@
 """The model view in a real browser (Debian chromium): a click anywhere on a panel, not only its centre,
 hands that panel's [layer, head] to plotly_click (what the app's callback reads)."""
-import os
-
 import numpy as np
 import plotly.io as pio
 import pytest
 
 from visapp.figures.model_view import model_view
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium")
-def test_click_on_a_panel_corner_selects_its_head(tmp_path):
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+def test_click_on_a_panel_corner_selects_its_head(tmp_path, browser):
+    """Uses the session's browser (tests/e2e/conftest.py: Debian chromium), like every e2e test."""
     rng = np.random.default_rng(0)
     a = np.tril(rng.random((30, 9, 12, 12)) + 0.01)
     fig = model_view(maps=a / a.sum(-1, keepdims=True), n_tokens=12)
     page_file = tmp_path / "mv.html"
     page_file.write_text(pio.to_html(fig, include_plotlyjs=True, full_html=True, div_id="mv"))
     step, m = 13, 12
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 900, "height": 2200})
+    context = browser.new_context(viewport={"width": 900, "height": 2200})
+    page = context.new_page()
+    try:
         page.goto(page_file.as_uri())
         page.wait_for_function("document.getElementById('mv') && document.getElementById('mv')._fullLayout")
         page.evaluate("""() => { window.clicked = null; document.getElementById('mv')
@@ -39,4 +35,5 @@ def test_click_on_a_panel_corner_selects_its_head(tmp_path):
             page.mouse.click(*xy)
             page.wait_for_function("window.clicked !== null", timeout=5000)
             assert page.evaluate("window.clicked") == [layer, head], (layer, head, dx, dy)
-        browser.close()
+    finally:
+        context.close()
