@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from compute import limits, settings
-from compute.engine import tokenize
+
 from compute.options import AnalysisOptions
 from compute.pipeline import analyze as analyze_text
 from compute.errors import Cancelled, InputError, ModelNotFound
