@@ -12,7 +12,7 @@ from compute.errors import UserError
 from . import corpus_jobs as cj
 from . import export as ex
 from . import ids, urlstate
-from .components import controls, labelled
+from .export_ui import export_block
 from .export.datasets import DATASET_REGISTRY, DatasetData, export
 
 log = logging.getLogger(__name__)
@@ -24,30 +24,7 @@ def eid(kind: str, view: str) -> dict:
 
 
 def control(view: str) -> html.Details:
-    parts = DATASET_REGISTRY[view]
-    return html.Details([
-        html.Summary("Export for a paper (figure SVG/PDF/PNG, data CSV/JSON)"),
-        controls(
-            labelled("Figure", dcc.Dropdown(id=eid("part", view), clearable=False, value=parts[0].part,
-                                            options=[{"label": s.label, "value": s.part} for s in parts],
-                                            style={"width": "250px"})),
-            labelled("Format", dcc.RadioItems(id=eid("fmt", view), value="pdf", inline=True,
-                                              options=[{"label": f.upper(), "value": f} for f in ex.FORMATS])),
-            labelled("Width", dcc.RadioItems(id=eid("width", view), value="single", inline=True, options=[
-                {"label": f"{w} column ({ex.PAPER_WIDTH_IN[w]} in)", "value": w} for w in ex.WIDTHS])),
-            labelled("Font", dcc.RadioItems(id=eid("font", view), value="serif", inline=True,
-                                            options=[{"label": f, "value": f} for f in ex.FONTS])),
-            labelled("Size (pt)", dcc.Input(id=eid("size", view), type="number", min=ex.SIZE_PT_RANGE[0],
-                                            max=ex.SIZE_PT_RANGE[1], step=0.5, value=8, style={"width": "70px"})),
-            labelled("DPI (PNG)", dcc.Input(id=eid("dpi", view), type="number", min=ex.DPI_RANGE[0],
-                                            max=ex.DPI_RANGE[1], step=1, value=300, style={"width": "80px"})),
-            html.Button("Download figure", id=eid("fig", view), className="btn btn-small", n_clicks=0),
-            html.Button("Data CSV", id=eid("csv", view), className="btn btn-small btn-secondary", n_clicks=0),
-            html.Button("Data JSON", id=eid("json", view), className="btn btn-small btn-secondary", n_clicks=0),
-        ),
-        dcc.Loading(html.Div(id=eid("msg", view), className="help"), type="dot", delay_show=300),
-        dcc.Download(id=eid("download", view)),
-    ], className="card export")
+    return export_block(view, DATASET_REGISTRY[view], eid)
 
 
 def controls_for(view: str) -> list:

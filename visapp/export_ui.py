@@ -36,7 +36,12 @@ def eid(kind: str, view) -> dict:
 
 def control(view: str) -> html.Details:
     """The export block of one view."""
-    parts = reg.specs(view)
+    return export_block(view, reg.specs(view), eid)
+
+
+def export_block(view: str, parts, eid) -> html.Details:
+    """The "Export for a paper" controls for a view's figure parts (objects with .part and .label);
+    eid(kind, view) makes the component ids (the dataset views use their own id family)."""
     return html.Details([
         html.Summary("Export for a paper (figure SVG/PDF/PNG, data CSV/JSON)"),
         controls(
