@@ -86,9 +86,8 @@ def build_index(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, *, 
                 progress: Optional[Callable[[float, str], None]] = None,
                 cancel: Optional[Callable[[], bool]] = None) -> SearchIndex:
     """Capture the search matrices of `texts` ([(id, text)]) for one layer and head."""
-    from .capture import check_cancel
     from .embedding import check_capture_size
-    from .engine import token_strings, tokenize
+    from .engine import token_strings, tokenize_texts
 
     L, H = lm.info.n_layers, lm.info.n_heads
     if not 0 <= layer < L:
@@ -101,14 +100,7 @@ def build_index(lm, texts: Sequence[tuple[str, str]], layer: int, head: int, *, 
         raise InputError("no texts to search")
     qs, hs, tk, tw, tids, pos, toks, rows = [], [], [], [], [], [], {}, {}
     m = 0
-    for i, (tid, text) in enumerate(texts):
-        check_cancel(cancel)
-        if tid in rows:
-            raise InputError(f"text id {tid!r} is used twice")
-        try:
-            ids = tokenize(lm, text, max_tokens)
-        except InputError as exc:
-            raise InputError(f"text {tid!r}: {exc}") from None
+    for i, tid, ids in tokenize_texts(lm, texts, max_tokens, cancel):
         q, h, keys, weights = _one_text(lm, ids, layer, head, hidden, top_k)
         kw = np.full((len(ids), top_k), -1, np.int32)
         ww = np.zeros((len(ids), top_k), np.float32)

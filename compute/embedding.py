@@ -111,22 +111,14 @@ def collect_layer(lm, texts: Sequence[tuple[str, str]], layer: int, max_tokens: 
                   progress: Optional[Callable[[float, str], None]] = None,
                   cancel: Optional[Callable[[], bool]] = None) -> LayerQK:
     """Capture layer `layer`'s q/k of every text (one early-stopped forward each, ondemand.layer_qk)."""
-    from .capture import check_cancel
-    from .engine import token_strings, tokenize
+    from .engine import token_strings, tokenize_texts
     from .ondemand import layer_qk
 
     if not texts:
         raise InputError("no texts to embed")
     qs, ks, tids, pos, toks = [], [], [], [], {}
     meta: dict = {}
-    for i, (tid, text) in enumerate(texts):
-        check_cancel(cancel)
-        if tid in toks:
-            raise InputError(f"text id {tid!r} is used twice")
-        try:
-            ids = tokenize(lm, text, max_tokens)
-        except InputError as exc:
-            raise InputError(f"text {tid!r}: {exc}") from None
+    for i, tid, ids in tokenize_texts(lm, texts, max_tokens, cancel):
         meta = layer_qk(lm, ids, layer)
         qs.append(meta["q"])
         ks.append(meta["k"])

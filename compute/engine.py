@@ -59,6 +59,22 @@ def tokenize(lm: LoadedModel, text: str, max_tokens: int) -> list[int]:
     return encode(lm, text, max_tokens)[0]
 
 
+def tokenize_texts(lm: LoadedModel, texts, max_tokens: int, cancel: Optional[Callable[[], bool]] = None):
+    """Yield (i, text id, ids) for [(id, text)], ids unique; a text's error names its id. Checks cancel
+    before each text (corpus embeddings and search indexes)."""
+    seen: set = set()
+    for i, (tid, text) in enumerate(texts):
+        check_cancel(cancel)
+        if tid in seen:
+            raise InputError(f"text id {tid!r} is used twice")
+        seen.add(tid)
+        try:
+            ids = tokenize(lm, text, max_tokens)
+        except InputError as exc:
+            raise InputError(f"text {tid!r}: {exc}") from None
+        yield i, tid, ids
+
+
 def token_strings(lm: LoadedModel, ids: list[int]) -> list[str]:
     return [lm.tokenizer.decode([i]) for i in ids]
 
