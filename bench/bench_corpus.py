@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_name  # noqa: E402
 CORPUS = ROOT / "compute" / "data" / "corpus" / "mixed.jsonl"
 MODEL = "smollm2-135m"
 _LM = None
@@ -74,16 +75,6 @@ def _work(item: tuple[str, str, int]) -> tuple[str, dict, float, int]:
     rep = report_for(_LM, text, max_tokens)
     keep = {"id": tid, "heads": rep["heads"]}                                     # what the overview reads
     return tid, keep, time.perf_counter() - t0, rep["n_tokens"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None) -> int:

@@ -138,14 +138,8 @@ def best(old: dict | None, new: dict) -> dict:
 
 def machine() -> str:
     import torch
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.machine import cpu_name
+    cpu = cpu_name()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU used; torch {torch.__version__}, "
             f"python {platform.python_version()}")
