@@ -1,4 +1,5 @@
 """Comparison helpers shared by the test files."""
+import pytest
 import torch
 
 from kernels.stats_types import ROW_FIELDS
@@ -40,3 +41,13 @@ def eager_twin(lm):
     from transformers import AutoModel, AutoModelForCausalLM
     cls = AutoModelForCausalLM if lm.info.causal else AutoModel
     return cls.from_pretrained(lm.info.source, attn_implementation="eager", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for a module's small forwards: on a shared 2-core machine a second thread makes
+    them several times slower. Import it into a test module to use it (autouse there)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,12 +16,7 @@ TEXT = "The keeper lit the lamp, wound the clock and wrote about the ships and t
 LAYERS = (0, 3, 5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.helpers import one_thread  # noqa: E402,F401  (autouse fixture: one torch thread)
 
 
 @pytest.fixture(scope="module")

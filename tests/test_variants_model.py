@@ -28,13 +28,7 @@ TEXT = ("The old lighthouse keeper climbed the stairs every evening. He lit the 
         "only one word in the logbook: safe.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On this shared 2-core machine a second intra-op thread makes small forwards several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.helpers import one_thread  # noqa: E402,F401  (autouse fixture: one torch thread)
 
 
 @pytest.fixture(scope="module")
